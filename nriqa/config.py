@@ -1,0 +1,280 @@
+"""Typed, validated configuration.
+
+A run is described by :class:`RunConfig`, loaded from a YAML recipe and dotted command-line
+overrides (``optim.lr=1e-4``). Every section forbids unknown keys, so a misspelt key is an error
+that names it. Each run saves its resolved config beside its results.
+
+Fields marked *[R]* are nriqa's reconstruction of details the papers do not state (see
+``docs/methods.md``); each is a switch so that the paper's exact choice can be set when known.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nriqa.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: str = Field("embedded", description="a name from `nriqa datasets list`")
+    root: str | None = Field(None, description="dataset folder; None only for `embedded`")
+    layout: str = Field("auto", description="label layout: auto, official, pyiqa")
+    label_file: str | None = Field(None, description="label file, overriding the layout's default")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra loader options (csv columns, scale)")
+    crop_size: int = Field(224, gt=0)
+    patch_num: int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
+    test_patch_num: int | None = Field(None, gt=0, description="test crops per image; None: patch_num")
+    resize: str | None = Field(None, description="none, deiqt, aspect:HxW, short:N; None: the dataset's default")
+    small_image: Literal["upscale", "pad", "error"] = "upscale"
+    test_crops: Literal["grid", "seeded"] = "grid"
+    hflip: bool = True
+    batch_size: int = Field(16, gt=0, description="images per step per device, each with the method's K crops (DEIQT: 16 crops per GPU, K=1)")
+    eval_batch_size: int = Field(8, gt=0, description="images per evaluation step per device")
+    num_workers: int = Field(2, ge=0)
+
+
+class SplitConfig(Section):
+    protocol: Literal["honest", "paper"] = Field("honest", description="honest: select on a validation part; paper: select on the test part (optimistic, as DEIQT)")
+    mode: Literal["random", "official"] = "random"
+    seed: int = 0
+    index: int = Field(0, ge=0, description="which of the seeded splits")
+    ratios: tuple[float, float, float] | None = Field(None, description="train/val/test; None: 0.7/0.1/0.2 honest, 0.8/0/0.2 paper")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of the training part used")
+    file: str | None = Field(None, description="load the split from this JSON file instead")
+
+
+class ModelConfig(Section):
+    backbone: str = Field("deit3_small_patch16_224.fb_in1k", description="any timm model name")
+    weights: str = Field("hub", description="none, hub, efficientnet-lite, or a path (.safetensors/.pth)")
+    width: int = Field(384, gt=0, description="decoder width d")
+    heads: int = Field(6, gt=0)
+    queries: int = Field(6, gt=0, description="attention-panel members")
+    ffn_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    img_size: int | None = Field(None, description="ViT input size if not the backbone's default")
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments (depth, drop_path_rate, ...)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.width % self.heads:
+            raise ValueError(f"model.width={self.width} is not divisible by model.heads={self.heads}")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = Field(9, gt=0)
+    warmup_epochs: float = Field(3.0, ge=0)
+    warmup_lr: float = Field(2e-7, ge=0)
+    decay_epochs: float = Field(3.0, gt=0, description="x decay_rate every decay_epochs (after warm-up)")
+    decay_rate: float = Field(0.1, gt=0, le=1)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    grad_clip: float | None = Field(5.0, description="grad-norm clip; None: off")
+    loss_beta: float = Field(1.0, gt=0, description="SmoothL1 beta")
+
+
+class QFMConfig(Section):
+    """QFM-IQM (Li et al., ICML 2024) as reconstructed; every field marked [R] is a switch."""
+
+    memory: bool = Field(True, description="[R] FIFO memory of earlier decoder inputs; False: match within the batch")
+    capacity: int | None = Field(None, gt=0, description="[R] entries; None: min(2 x train images, 4096)")
+    half_precision: bool = Field(True, description="[R] store memory entries in fp16")
+    warm_start: Literal["fill", "delay", "none"] = Field("fill", description="[R] fill: one no-grad pass before training; delay: noise loss only after warm-up")
+    warm_fill_images: int | None = Field(None, description="[R] images in the warm fill; None: up to capacity")
+    matching: Literal["least-similar", "adversarial", "random-quality", "random"] = Field(
+        "least-similar", description="[R] least-similar: among quality-matched others, one of the m least cosine-similar; adversarial: the one raising the perturbed loss most; random-quality: any quality match; random: unmatched random noise (ablation)")
+    tau_q: float = Field(0.05, ge=0, description="[R] |label difference| allowed, on [0,1] labels")
+    m: int = Field(8, gt=0, description="[R] least-similar candidates to draw from")
+    alpha: float = Field(0.5, ge=0, description="[R] noise weight: P + alpha * P_n")
+    perturb: Literal["tokens", "tokens+global"] = Field("tokens+global", description="[R] add noise to P only, or to P and c")
+    lambda_noise: float = Field(1.0, ge=0, description="[R] weight of the perturbed-prediction loss")
+    teacher: bool = Field(True, description="[R] frozen teacher whose features enter the memory")
+    teacher_checkpoint: str | None = Field(None, description="[R] teacher checkpoint; None: train a DEIQT baseline on the same training part first")
+    kd: bool = Field(True, description="[R] distillation loss to the teacher's score")
+    lambda_kd: float = Field(1.0, ge=0)
+    pseudo_label_dir: str | None = Field(None, description="[R] unlabelled images the teacher pseudo-labels into the memory")
+
+
+class LMLConfig(Section):
+    """LML-IQA (Gao et al. / Huang et al., arXiv 2406.19247) as reconstructed."""
+
+    crops: int = Field(4, ge=2, description="[R] K crops per image per step")
+    ema: bool = Field(True, description="[R] EMA teacher (mutual learning); False: the student is its own teacher")
+    momentum: float = Field(0.998, ge=0, le=1, description="[R] EMA momentum m")
+    saliency: Literal["decoder", "vit-cls", "spectral", "random"] = Field("decoder", description="[R] teacher decoder cross-attention; ViT CLS attention; static spectral residual; random (ablation)")
+    proj_dim: int = Field(128, gt=0, description="[R] projector output size")
+    temperature: float = Field(0.1, gt=0, description="[R] InfoNCE temperature")
+    alpha: float = Field(1.0, ge=0, description="[R] weight of intra-class negatives (0 removes the local-manifold term)")
+    lambda_c: float = Field(0.05, ge=0, description="[R] contrastive loss weight")
+    ramp_epochs: float | None = Field(None, description="[R] linear ramp of lambda_c; None: the warm-up length")
+    beta: float = Field(0.0, ge=0, description="[R] weight of |student score - teacher score|")
+    infer_with: Literal["student", "teacher", "best"] = Field("student", description="[R] which network the exported model is")
+
+
+class MethodConfig(Section):
+    name: Literal["deiqt", "qfm", "lml", "qfm+lml"] = "deiqt"
+    qfm: QFMConfig = Field(default_factory=QFMConfig)
+    lml: LMLConfig = Field(default_factory=LMLConfig)
+
+
+class TrainerConfig(Section):
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = Field(None, description="None: 16-mixed on GPU (AMP), 32 on CPU")
+    seed: int = 0
+    output_dir: str = "runs/default"
+    resume: bool = Field(False, description="continue from output_dir/checkpoints/last.ckpt")
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    limit_train_batches: int | float | None = None
+    deterministic: bool = False
+
+
+class ProtocolConfig(Section):
+    n_splits: int = Field(10, gt=0)
+    cross_datasets: list[DataConfig] = Field(default_factory=list, description="datasets to test on without training")
+    fit: Literal["none", "logistic"] = Field("none", description="VQEG 4-parameter logistic before PLCC/RMSE")
+
+
+class RunConfig(Section):
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _error_text(err: ValidationError, cfg_cls: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(cfg_cls, e["loc"][:-1])
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            lines.append(f"unknown key '{where}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def _known_keys(cls: type[BaseModel], loc) -> list[str]:
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["optim.lr=1e-4", "data.dataset=livec"]`` -> nested dict, values parsed as YAML."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets inside a non-section key")
+        node[leaf] = _parse_value(value)
+    return out
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def _parse_value(text: str):
+    """YAML value, except that ``1e-4`` is a float (PyYAML's YAML 1.1 reads it as a string)."""
+    if text == "":
+        return None
+    value = yaml.safe_load(text)
+    return float(value) if isinstance(value, str) and _FLOAT.match(value) else value
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe file path, or the name of a recipe bundled with nriqa (``deiqt_livec``)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe file not found")
+        return path
+    bundled = resources.files("nriqa.recipes") / f"{name}.yaml"
+    if not bundled.is_file():
+        names = list_recipes()
+        hint = difflib.get_close_matches(name, names, n=1)
+        raise ConfigError(f"no recipe {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {names}"))
+    return Path(str(bundled))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("nriqa.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Load a recipe (path or bundled name, optionally ``base:`` chained) and apply overrides."""
+    raw: dict = {}
+    if recipe is not None:
+        raw = _read_recipe(recipe_path(str(recipe)))
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    raw = merge(raw, extra)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        where = f"{recipe}: " if recipe else ""
+        raise ConfigError(where + _error_text(err, RunConfig)) from None
+
+
+def _read_recipe(path: Path, depth: int = 0) -> dict:
+    if depth > 8:
+        raise ConfigError(f"{path}: recipe 'base' chain is too deep")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    base = raw.pop("base", None)
+    if base:
+        raw = merge(_read_recipe(recipe_path(base), depth + 1), raw)
+    return raw
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from nriqa.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+

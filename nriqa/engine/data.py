@@ -1,0 +1,99 @@
+"""The Lightning data module: a label table and a split, turned into loaders.
+
+Loaders are built lazily inside each process (after the distributed group exists) so that the
+samplers know their rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from nriqa.config import RunConfig
+from nriqa.data.dataset import IQADataset
+from nriqa.engine.sampling import EpochKeyed, EvalSampler, TrainSampler, dist_info
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What the loaders need beyond the config: the dataset's defaults resolved."""
+
+    patch_num: int
+    test_patch_num: int
+    resize: str
+
+
+def resolve_data_settings(cfg: RunConfig) -> DataSettings:
+    from nriqa.data.registry import get_spec
+
+    spec = get_spec(cfg.data.dataset)
+    patch = cfg.data.patch_num or spec.patch_num
+    return DataSettings(patch, cfg.data.test_patch_num or patch, cfg.data.resize or spec.resize)
+
+
+def subset(table: pd.DataFrame, rows) -> pd.DataFrame:
+    return table.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
+
+
+def eval_dataset(cfg: RunConfig, table: pd.DataFrame, settings: DataSettings) -> IQADataset:
+    d = cfg.data
+    return IQADataset(table, train=False, crop_size=d.crop_size, patch_num=settings.test_patch_num,
+                      resize=settings.resize, small_image=d.small_image, test_crops=d.test_crops,
+                      seed=cfg.trainer.seed)
+
+
+def eval_loader(cfg: RunConfig, dataset, rank: int | None = None, world: int | None = None) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size,
+                      sampler=EvalSampler(len(dataset), rank, world),
+                      num_workers=cfg.data.num_workers, persistent_workers=False)
+
+
+class IQADataModule(L.LightningDataModule):
+    def __init__(self, cfg: RunConfig, train: pd.DataFrame | None = None,
+                 val: pd.DataFrame | None = None, test: pd.DataFrame | None = None,
+                 crops_per_image: int = 1, needs_full_image: bool = False,
+                 settings: DataSettings | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tables = {"train": train, "val": val, "test": test}
+        self.crops_per_image = crops_per_image
+        self.needs_full_image = needs_full_image
+        self.settings = settings or resolve_data_settings(cfg)
+
+    @property
+    def repeats(self) -> int:
+        """Per-epoch visits of each training image: PATCH_NUM crops in all, K at a time."""
+        return math.ceil(self.settings.patch_num / self.crops_per_image)
+
+    def train_dataset(self) -> IQADataset:
+        d = self.cfg.data
+        return IQADataset(self.tables["train"], train=True, crop_size=d.crop_size,
+                          crops_per_item=self.crops_per_image, patch_num=self.repeats,
+                          resize=self.settings.resize, small_image=d.small_image,
+                          test_crops=d.test_crops, seed=self.cfg.trainer.seed,
+                          return_full=self.needs_full_image, hflip=d.hflip)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        rank, world = dist_info()
+        return DataLoader(EpochKeyed(dataset), batch_size=self.cfg.data.batch_size,
+                          sampler=TrainSampler(len(dataset), self.cfg.trainer.seed, rank, world),
+                          num_workers=self.cfg.data.num_workers, drop_last=False,
+                          persistent_workers=False, pin_memory=False)
+
+    def _eval(self, part: str):
+        table = self.tables[part]
+        if table is None or table.empty:
+            return []
+        return eval_loader(self.cfg, eval_dataset(self.cfg, table, self.settings))
+
+    def val_dataloader(self):
+        return self._eval("val")
+
+    def test_dataloader(self):
+        return self._eval("test")

@@ -1,0 +1,147 @@
+"""The Lightning module: DEIQT's training step, the methods' extra losses, distributed evaluation."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from nriqa.config import RunConfig
+from nriqa.errors import MetricError
+from nriqa.engine.schedule import lr_at
+from nriqa.methods import StepContext, build_methods
+from nriqa.metrics import evaluate
+from nriqa.models import DEIQT
+
+log = logging.getLogger(__name__)
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "queries")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """DEIQT's AdamW groups: no decay on biases, norms (all 1-D tensors) and embeddings/tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class IQAModule(L.LightningModule):
+    def __init__(self, cfg: RunConfig, model: DEIQT | None = None, steps_per_epoch: int = 1,
+                 context: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model if model is not None else DEIQT.from_config(cfg.model)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.methods = nn.ModuleList(build_methods(cfg, self.model, context))
+        self.loss_fn = nn.SmoothL1Loss(beta=cfg.optim.loss_beta)
+        self._eval: dict[str, list[torch.Tensor]] = {}
+        self.last_eval: dict[str, dict] = {}
+
+    @property
+    def crops_per_image(self) -> int:
+        return max([1, *(m.crops_per_image for m in self.methods)])
+
+    @property
+    def needs_full_image(self) -> bool:
+        return any(m.needs_full_image for m in self.methods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        # The true count (world size, limit_train_batches) is known only now; the schedule's
+        # lambda reads it lazily, so steps after the first use it.
+        self.steps_per_epoch = max(int(self.trainer.num_training_batches), 1)
+
+    def on_fit_start(self) -> None:
+        for method in self.methods:
+            method.on_fit_start(self)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        crops = batch["image"]
+        b, k = crops.shape[:2]
+        images = crops.flatten(0, 1)
+        labels = batch["label"].float().repeat_interleave(k)
+        c, tokens = self.model.features(images)
+        out = self.model.head(c, tokens)
+        loss = self.loss_fn(out.score.float(), labels)
+        logs = {"train/loss_reg": loss.detach()}
+        ctx = StepContext(batch=batch, images=images, labels=labels,
+                          groups=batch["group"].repeat_interleave(k), crops_per_image=k, c=c,
+                          tokens=tokens, out=out, model=self.model, module=self,
+                          step=self.global_step,
+                          epoch_float=self.global_step / self.steps_per_epoch)
+        for method in self.methods:
+            extra, method_logs = method.extra_loss(ctx)
+            if extra is not None:
+                loss = loss + extra
+            logs.update({f"train/{key}": value for key, value in method_logs.items()})
+        logs["train/loss"] = loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=b * k, sync_dist=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=b)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        for method in self.methods:
+            method.after_optimizer_step(self.model)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_at(step, self.steps_per_epoch, o) / o.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nriqa_meta"] = getattr(self, "meta", None)
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval_step(self, stage: str, batch: dict) -> None:
+        scores = self.model.score_crops(batch["image"]).float()
+        store = self._eval.setdefault(stage, [])
+        store.append(torch.stack([batch["index"].float(), scores, batch["label"].float()], 1))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    def gather_predictions(self, stage: str) -> np.ndarray:
+        """``(n_images, 3)`` rows of (table index, score, label), each image once, sorted."""
+        rows = self._eval.pop(stage, [])
+        local = torch.cat(rows) if rows else torch.zeros(0, 3, device=self.device)
+        gathered = self.all_gather(local) if self.trainer.world_size > 1 else local
+        arr = gathered.reshape(-1, 3).cpu().numpy().astype(np.float64)
+        _, first = np.unique(arr[:, 0], return_index=True)  # drop the padding duplicates
+        return arr[first]
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        arr = self.gather_predictions(stage)
+        if self.trainer.sanity_checking or len(arr) < 3:
+            return
+        try:
+            # Selection always uses plain PLCC; the logistic-fitted values are added beside it.
+            metrics = evaluate(arr[:, 1], arr[:, 2])
+            if self.cfg.protocol.fit != "none":
+                metrics |= evaluate(arr[:, 1], arr[:, 2], fit=self.cfg.protocol.fit)
+        except MetricError as err:  # e.g. a collapsed model predicting a constant
+            log.warning("%s metrics undefined at epoch %d: %s", stage, self.current_epoch, err)
+            metrics = {"srcc": -1.0, "plcc": -1.0, "krcc": -1.0, "rmse": float("inf"), "n": len(arr)}
+        self.last_eval[stage] = {"metrics": metrics, "predictions": arr}
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items() if k != "n"},
+                      rank_zero_only=False, sync_dist=False)

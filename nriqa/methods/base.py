@@ -1,0 +1,59 @@
+"""The seam between the training engine and a method (QFM-IQM, LML-IQA).
+
+A method adds losses and training-time state around the *same* DEIQT model; it never changes the
+model, so every method's checkpoint scores exactly like a DEIQT checkpoint with the same weights.
+The engine runs the student once per step and hands the result to each method as a
+:class:`StepContext`; a method returns its extra loss and values to log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from nriqa.engine.module import IQAModule
+    from nriqa.models import DEIQT, DecoderOutput
+
+
+@dataclass
+class StepContext:
+    batch: dict[str, Any]  # the collated batch: image (B,K,3,S,S), label, index, group, boxes, ...
+    images: torch.Tensor  # (B*K,3,S,S) the crops the student saw
+    labels: torch.Tensor  # (B*K,) each crop's [0,1] label (its image's)
+    groups: torch.Tensor  # (B*K,) content group of each crop
+    crops_per_image: int  # K
+    c: torch.Tensor  # (B*K,d) student's global feature (decoder input)
+    tokens: torch.Tensor  # (B*K,N,d) student's tokens (decoder input)
+    out: DecoderOutput  # student's decoder output on the clean input
+    model: DEIQT
+    module: IQAModule
+    step: int  # global optimiser step
+    epoch_float: float  # fractional epoch, for ramps
+    extras: dict[str, Any] = field(default_factory=dict)  # shared between composed methods
+
+
+class Method(nn.Module):
+    """Base class: no extra loss. Subclasses override what they need."""
+
+    name = "deiqt"
+    #: crops per image per training item (LML-IQA samples several).
+    crops_per_image = 1
+    #: whether items must carry the whole image (``full``), e.g. for saliency.
+    needs_full_image = False
+
+    def extra_loss(self, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return None, {}
+
+    def on_fit_start(self, module: IQAModule) -> None:
+        """Before the first step (e.g. fill a memory, load a teacher)."""
+
+    def after_optimizer_step(self, model: DEIQT) -> None:
+        """After each optimiser step (e.g. an EMA update)."""
+
+    def export_model(self, model: DEIQT) -> DEIQT:
+        """The network to export for inference (the student by default)."""
+        return model

