@@ -1,0 +1,268 @@
+"""Torch datasets: labelled crops for training and evaluation, and crops of arbitrary files for scoring.
+
+Items are dicts of tensors with fixed shapes, so the default ``collate_fn`` batches images of any
+source size. Pixels stay uint8; the model converts and normalises them.
+
+Each item decodes its image once (:func:`~nriqa.data.images.load_image`), resizes it once and
+slices every crop out of one array.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from nriqa.data.crops import (
+    SMALL_IMAGE_POLICIES,
+    TEST_CROP_POLICIES,
+    ensure_min_size,
+    extract_crops,
+    random_boxes,
+    resize_image,
+    resized_size,
+    test_boxes,
+)
+from nriqa.data.images import load_image
+from nriqa.errors import DataError
+
+_RESAMPLE = Image.Resampling.BICUBIC
+
+
+class _CropSettings:
+    """What turns a file into crops; shared by both datasets and checked once, up front."""
+
+    def __init__(self, crop_size, resize, small_image, test_crops, return_full, full_size):
+        if crop_size < 1 or full_size < 1:
+            raise ValueError(
+                f"crop_size and full_size must be positive, got {crop_size}, {full_size}"
+            )
+        resized_size(crop_size, crop_size, resize)  # raises ValueError naming the allowed policies
+        if small_image not in SMALL_IMAGE_POLICIES:
+            raise ValueError(
+                f"unknown small_image policy {small_image!r}; allowed: {', '.join(SMALL_IMAGE_POLICIES)}"
+            )
+        if test_crops not in TEST_CROP_POLICIES:
+            raise ValueError(
+                f"unknown test_crops policy {test_crops!r}; allowed: {', '.join(TEST_CROP_POLICIES)}"
+            )
+        self.crop_size = int(crop_size)
+        self.resize = resize
+        self.small_image = small_image
+        self.test_crops = test_crops
+        self.return_full = bool(return_full)
+        self.full_size = int(full_size)
+
+    def prepare(self, path: str) -> Image.Image:
+        """Decode, resize and make the image large enough for one crop."""
+        img = resize_image(load_image(path), self.resize)
+        return ensure_min_size(img, self.crop_size, self.small_image, path)
+
+    def test_boxes(self, img: Image.Image, n: int, path: str) -> np.ndarray:
+        # Keyed by the file name, not the full path: the crops do not depend on where the data lives.
+        return test_boxes(*img.size, self.crop_size, n, self.test_crops, key=Path(path).name)
+
+    def crop_item(self, img: Image.Image, boxes: np.ndarray, flips: np.ndarray) -> dict:
+        scale = np.array([*img.size, *img.size], dtype=np.float64)  # (x0, y0, x1, y1) -> [0, 1]
+        item = {
+            "image": extract_crops(img, boxes, flips),
+            "boxes": torch.from_numpy((boxes / scale).astype(np.float32)),
+            "flip": torch.from_numpy(np.asarray(flips, dtype=bool)),
+        }
+        if self.return_full:
+            item["full"] = _full_image(img, self.full_size)
+        return item
+
+    def blank_item(self, k: int) -> dict:
+        """The item :class:`ImageListDataset` returns for a file it cannot read."""
+        s = self.crop_size
+        item = {
+            "image": torch.zeros((k, 3, s, s), dtype=torch.uint8),
+            "boxes": torch.zeros((k, 4), dtype=torch.float32),
+            "flip": torch.zeros(k, dtype=torch.bool),
+        }
+        if self.return_full:
+            item["full"] = torch.zeros((3, self.full_size, self.full_size), dtype=torch.uint8)
+        return item
+
+
+def _full_image(img: Image.Image, size: int) -> torch.Tensor:
+    arr = np.asarray(img.resize((size, size), _RESAMPLE))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+class IQADataset(Dataset):
+    """Crops of the images of a label table, with their labels.
+
+    Training (``train=True``): ``len = len(table) * patch_num`` (DEIQT's PATCH_NUM: each image is
+    visited ``patch_num`` times an epoch); item ``i`` is image ``i % len(table)`` with
+    ``crops_per_item`` (K) uniformly random crops, each flipped horizontally with probability 1/2
+    when ``hflip``. The randomness comes only from ``np.random.default_rng([seed, epoch, i])``, so a
+    run is exact whatever the number of DataLoader workers and a resumed run sees the same crops.
+    Call :meth:`set_epoch` at the start of every epoch; the epoch lives in shared memory so
+    persistent workers see it too.
+
+    Evaluation (``train=False``): ``len = len(table)``; each item holds ``patch_num`` deterministic
+    crops by ``test_crops`` (``"grid"`` or ``"seeded"`` by the file name), never flipped;
+    ``crops_per_item`` and ``seed`` are not used.
+
+    Each image is resized by ``resize`` (see :func:`~nriqa.data.crops.resize_image`), then made at
+    least ``crop_size`` on each side by ``small_image`` (see
+    :func:`~nriqa.data.crops.ensure_min_size`). Items:
+
+    - ``image`` uint8 ``(K, 3, S, S)``; ``label`` float32 scalar (the table's ``label``, [0, 1]);
+    - ``index`` int64: the table's row label (its integer index, so a subset ``table.iloc[rows]``
+      still reports rows of the full table; the position when the index is not integer);
+    - ``group`` int64: position of the row's ``group`` among this table's sorted unique groups;
+    - ``boxes`` float32 ``(K, 4)``: ``(x0, y0, x1, y1)`` divided by the width / height of the image
+      the crops were cut from (after resizing and the small-image policy);
+    - ``flip`` bool ``(K,)``;
+    - ``full`` uint8 ``(3, F, F)`` when ``return_full``: that same image resized to F x F.
+
+    An unreadable image raises :class:`~nriqa.errors.ImageError` naming it; nothing is substituted.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        train: bool,
+        crop_size: int = 224,
+        crops_per_item: int = 1,
+        patch_num: int = 1,
+        resize: str = "none",
+        small_image: str = "upscale",
+        test_crops: str = "grid",
+        seed: int = 0,
+        return_full: bool = False,
+        full_size: int = 224,
+        hflip: bool = True,
+    ):
+        missing = [c for c in ("path", "label", "group") if c not in table.columns]
+        if missing:
+            raise ValueError(f"label table lacks column(s) {missing}")
+        if len(table) == 0:
+            raise ValueError("label table is empty")
+        if crops_per_item < 1 or patch_num < 1:
+            raise ValueError(
+                f"crops_per_item and patch_num must be >= 1, got {crops_per_item}, {patch_num}"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.settings = _CropSettings(
+            crop_size, resize, small_image, test_crops, return_full, full_size
+        )
+        self.train = bool(train)
+        self.crops_per_item = int(crops_per_item)
+        self.patch_num = int(patch_num)
+        self.seed = int(seed)
+        self.hflip = bool(hflip)
+        self.paths = [str(p) for p in table["path"]]
+        self.labels = table["label"].to_numpy(dtype=np.float32)
+        self.rows = _row_numbers(table.index)
+        groups = table["group"].astype(str).to_numpy()
+        self.group_names = np.unique(groups)
+        self.group_codes = np.searchsorted(self.group_names, groups).astype(np.int64)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training crops of ``epoch`` (no effect on evaluation crops)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.paths) * (self.patch_num if self.train else 1)
+
+    def __getitem__(self, idx: int) -> dict:
+        idx = _check_index(idx, len(self))
+        row = idx % len(self.paths)
+        path = self.paths[row]
+        img = self.settings.prepare(path)
+        if self.train:
+            boxes, flips = self._train_boxes(img, idx)
+        else:
+            boxes = self.settings.test_boxes(img, self.patch_num, path)
+            flips = np.zeros(len(boxes), dtype=bool)
+        item = self.settings.crop_item(img, boxes, flips)
+        item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
+        item["index"] = torch.tensor(self.rows[row], dtype=torch.int64)
+        item["group"] = torch.tensor(self.group_codes[row], dtype=torch.int64)
+        return item
+
+    def _train_boxes(self, img: Image.Image, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        k = self.crops_per_item
+        boxes = random_boxes(*img.size, self.settings.crop_size, k, rng)
+        flips = rng.random(k) < 0.5 if self.hflip else np.zeros(k, dtype=bool)
+        return boxes, flips
+
+
+class ImageListDataset(Dataset):
+    """``patch_num`` deterministic test crops of each file in ``paths``, for scoring unlabelled images.
+
+    Same preprocessing as :class:`IQADataset` in evaluation. Items: ``image``, ``boxes``, ``flip``
+    (and ``full``) as there, ``index`` int64 (position in ``paths``), ``path`` str and ``error`` str.
+
+    A file that cannot be used (missing, corrupt, too small under ``small_image="error"``) does not
+    raise: its item has all-zero ``image`` / ``boxes`` and ``error`` holds the message naming the
+    file (``""`` for good files), so a scoring run can report the file and go on. Callers must
+    check ``error`` before using a score.
+    """
+
+    def __init__(
+        self,
+        paths,
+        crop_size: int = 224,
+        patch_num: int = 1,
+        resize: str = "none",
+        small_image: str = "upscale",
+        test_crops: str = "grid",
+        return_full: bool = False,
+        full_size: int = 224,
+    ):
+        if patch_num < 1:
+            raise ValueError(f"patch_num must be >= 1, got {patch_num}")
+        self.settings = _CropSettings(
+            crop_size, resize, small_image, test_crops, return_full, full_size
+        )
+        self.patch_num = int(patch_num)
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: int) -> dict:
+        idx = _check_index(idx, len(self))
+        path = self.paths[idx]
+        try:
+            img = self.settings.prepare(path)
+            boxes = self.settings.test_boxes(img, self.patch_num, path)
+            item = self.settings.crop_item(img, boxes, np.zeros(len(boxes), dtype=bool))
+            error = ""
+        except DataError as err:
+            item, error = self.settings.blank_item(self.patch_num), str(err)
+        item.update(index=torch.tensor(idx, dtype=torch.int64), path=path, error=error)
+        return item
+
+
+def _row_numbers(index: pd.Index) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(index.dtype):
+        return index.to_numpy(dtype=np.int64)
+    return np.arange(len(index), dtype=np.int64)
+
+
+def _check_index(idx, length: int) -> int:
+    idx = int(idx)
+    if idx < 0:
+        idx += length
+    if not 0 <= idx < length:
+        raise IndexError(f"index {idx} out of range for a dataset of {length} items")
+    return idx
