@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "queries")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(named_params, weight_decay: float) -> list[dict]:
     """DEIQT's AdamW groups: no decay on biases, norms (all 1-D tensors) and embeddings/tokens."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named_params:
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
@@ -95,7 +95,10 @@ class IQAModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+        named = list(self.model.named_parameters())
+        for method in self.methods:
+            named += [(f"{method.name}.{n}", p) for n, p in method.trainable_parameters()]
+        opt = torch.optim.AdamW(param_groups(named, o.weight_decay), lr=o.lr, betas=o.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_at(step, self.steps_per_epoch, o) / o.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -54,6 +54,12 @@ class Method(nn.Module):
     def after_optimizer_step(self, model: DEIQT) -> None:
         """After each optimiser step (e.g. an EMA update)."""
 
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs the optimiser trains beside the model (e.g. a projector).
+
+        Frozen teachers and memories are not listed here and so never get optimised."""
+        return []
+
     def export_model(self, model: DEIQT) -> DEIQT:
         """The network to export for inference (the student by default)."""
         return model

@@ -1,0 +1,82 @@
+"""``nriqa ablate``: run named variants of a recipe on the same splits and seeds, one table.
+
+Each method module lists its variants as ``ABLATIONS = [(name, [overrides...]), ...]``; the runner
+applies them on top of the recipe and the user's overrides, so every variant sees the same data,
+splits, seeds and budget and differs only in its own switches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pandas as pd
+
+from nriqa.config import load_config
+from nriqa.errors import ConfigError
+from nriqa.io import atomic_write, atomic_write_text
+
+SOURCES = {"qfm": "nriqa.methods.qfm", "lml": "nriqa.methods.lml"}
+
+
+def variants(method: str) -> list[tuple[str, list[str]]]:
+    if method not in SOURCES:
+        raise ConfigError(f"no ablations for {method!r}; known: {sorted(SOURCES)}")
+    return list(importlib.import_module(SOURCES[method]).ABLATIONS)
+
+
+def run_ablation(recipe: str | None, method: str, overrides: list[str], output_dir: str | Path,
+                 only: list[str] | None = None) -> pd.DataFrame:
+    from nriqa.protocol.runner import run_protocol
+
+    out = Path(output_dir)
+    chosen = [(n, o) for n, o in variants(method) if not only or n in only]
+    unknown = set(only or []) - {n for n, _ in chosen}
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)}; known: {[n for n, _ in variants(method)]}")
+    rows = []
+    for name, extra in chosen:
+        cfg = load_config(recipe, [*overrides, *extra, f"trainer.output_dir={out / name}"])
+        summary = run_protocol(cfg)
+        row = {"variant": name, "overrides": " ".join(extra) or "-", "protocol": summary["protocol"],
+               "splits": summary["splits"]}
+        for key in ("srcc", "plcc"):
+            s = summary["test"][key]
+            row |= {f"{key}_median": s["median"], f"{key}_mean": s["mean"], f"{key}_std": s["std"]}
+        rows.append(row)
+        table = pd.DataFrame(rows)
+        atomic_write(out / "ablation.csv", lambda tmp, t=table: t.to_csv(tmp, index=False))
+    table = pd.DataFrame(rows)
+    atomic_write_text(out / "ablation.md", ablation_markdown(table))
+    return table
+
+
+def ablation_markdown(table: pd.DataFrame) -> str:
+    lines = ["| variant | SRCC median | PLCC median | SRCC mean ± std | PLCC mean ± std | protocol | splits | overrides |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.variant} | {r.srcc_median:.4f} | {r.plcc_median:.4f} | "
+                     f"{r.srcc_mean:.4f} ± {r.srcc_std:.4f} | {r.plcc_mean:.4f} ± {r.plcc_std:.4f} | "
+                     f"{r.protocol} | {r.splits} | `{r.overrides}` |")
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="run a method's ablation variants on the same splits; one table")
+    p.add_argument("method", choices=sorted(SOURCES))
+    p.add_argument("--config", "-c", help="recipe (YAML file or bundled name)")
+    p.add_argument("--output-dir", default="runs/ablation")
+    p.add_argument("--only", nargs="+", help="run only these variants")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    if args.list:
+        for name, extra in variants(args.method):
+            print(f"{name:24s} {' '.join(extra) or '-'}")
+        return 0
+    table = run_ablation(args.config, args.method, args.overrides, args.output_dir, args.only)
+    print(ablation_markdown(table))
+    return 0

@@ -1,0 +1,106 @@
+"""Training engine, protocol runner and scoring, end to end on tiny models and images."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import tiny_config, tiny_images
+
+from nriqa.data.splits import make_split
+from nriqa.engine.data import IQADataModule, resolve_data_settings, subset
+from nriqa.engine.module import IQAModule
+from nriqa.engine.sampling import EvalSampler, TrainSampler
+from nriqa.engine.train import build_trainer, fit
+from nriqa.models import DEIQT
+from nriqa.outputs.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return tiny_images(tmp_path_factory.mktemp("imgs"))
+
+
+def _state(path):
+    return {k: v for k, v in load_model(path)[0].state_dict().items()}
+
+
+def test_fit_selects_tests_and_exports(tmp_path, table):
+    cfg = tiny_config(tmp_path)
+    split = make_split(table, mode="honest", seed=0)
+    result = fit(cfg, table, split, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["protocol"] == "honest" and res["selection"] == "best val PLCC"
+    assert res["test"]["n"] == len(split.test) and set(res["test"]) >= {"srcc", "plcc", "krcc", "rmse"}
+    assert res["sizes"] == {"train": len(split.train), "test": len(split.test), "select": len(split.val)}
+    preds = pd.read_csv(tmp_path / "run" / "test_predictions.csv")
+    assert sorted(preds["path"]) == sorted(table["path"].iloc[split.test])
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()
+    model, meta = load_model(result.model_path)
+    assert meta["test_patch_num"] == 2 and meta["crop_size"] == 32
+
+
+def test_paper_protocol_selects_on_test_and_says_so(tmp_path, table):
+    cfg = tiny_config(tmp_path, "split.protocol=paper")
+    split = make_split(table, mode="paper", seed=0)
+    res = fit(cfg, table, split, tmp_path / "run").results
+    assert "optimistic" in res["selection"] and res["sizes"]["select"] == res["sizes"]["test"]
+
+
+def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(tmp_path, table):
+    split = make_split(table, mode="honest", seed=0)
+    full = fit(tiny_config(tmp_path / "a", "optim.epochs=3", "trainer.output_dir=x"), table, split,
+               tmp_path / "full")
+    # "killed" after epoch 1: its last.ckpt is all that survives, then --resume continues it
+    fit(tiny_config(tmp_path / "b", "optim.epochs=1"), table, split, tmp_path / "resumed")
+    (tmp_path / "resumed" / "checkpoints" / "best.ckpt").unlink()
+    resumed = fit(tiny_config(tmp_path / "b", "optim.epochs=3", "trainer.resume=true"), table,
+                  split, tmp_path / "resumed")
+    last_full = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=False)
+    last_resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=False)
+    assert last_full["global_step"] == last_resumed["global_step"] > 0
+    for key, value in last_full["state_dict"].items():
+        assert torch.allclose(value, last_resumed["state_dict"][key], atol=1e-6), key
+    assert full.results["test_last_epoch"] == pytest.approx(resumed.results["test_last_epoch"])
+
+
+def test_train_sampler_covers_every_item_once_per_epoch_across_ranks():
+    keys = [k for r in range(3) for k in TrainSampler(10, seed=1, rank=r, world=3)]
+    assert len(keys) == 12 and {i for _, i in keys} == set(range(10))
+    s = TrainSampler(10, seed=1, rank=0, world=1)
+    first = [i for _, i in s]
+    s.set_epoch(1)
+    assert [i for _, i in s] != first and all(e == 1 for e, _ in s)
+    shards = [list(EvalSampler(7, rank=r, world=3)) for r in range(3)]
+    assert all(len(x) == 3 for x in shards) and set(sum(shards, [])) == set(range(7))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_give_the_same_test_metrics(tmp_path, table, monkeypatch):
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    cfg = tiny_config(tmp_path, "data.eval_batch_size=2")
+    torch.manual_seed(0)
+    model = DEIQT.from_config(cfg.model)
+    settings = resolve_data_settings(cfg)
+    test = subset(table, np.arange(len(table) - 1))  # 23 images: uneven over 2 ranks
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        cfg.trainer.devices, cfg.trainer.strategy = devices, strategy
+        module = IQAModule(cfg, model=model)
+        data = IQADataModule(cfg, test=test, settings=settings)
+        trainer = build_trainer(cfg, tmp_path / f"d{devices}", [])
+        results[devices] = trainer.test(module, datamodule=data, verbose=False)[0]
+    assert results[1]["test/srcc"] == pytest.approx(results[2]["test/srcc"], abs=1e-6)
+    assert results[1]["test/plcc"] == pytest.approx(results[2]["test/plcc"], abs=1e-6)
+    assert results[1]["test/rmse"] == pytest.approx(results[2]["test/rmse"], abs=1e-6)
