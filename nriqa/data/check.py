@@ -1,0 +1,263 @@
+"""``nriqa datasets check``: everything wrong with a dataset on disk, in one run.
+
+:func:`check_dataset` reads the labels collecting every problem instead of stopping at the first
+(bad rows with their line numbers, names that match no file, entries listed twice), then decodes
+each image, and returns a :class:`CheckReport` with counts per kind and a few examples of each.
+
+:func:`add_datasets_parser` registers the ``datasets list`` and ``datasets check`` sub-commands on
+an argparse sub-parser set; each sets ``func`` to a callable taking the parsed arguments and
+returning the exit code (0 clean, 1 problems found, 2 the check could not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nriqa.data import registry
+from nriqa.data.readers import KINDS, LABEL_FILE, UNREADABLE, Problem
+from nriqa.errors import DataError, NriqaError
+
+
+@dataclass
+class CheckReport:
+    """The outcome of :func:`check_dataset`."""
+
+    dataset: str
+    root: str
+    layout: str = ""
+    label_files: list[str] = field(default_factory=list)
+    n_labelled: int = 0  # rows that made it into the label table
+    n_decoded: int | None = None  # images decoded without error; None when not checked
+    expected: int | None = None
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        """Problems per kind, in :data:`~nriqa.data.readers.KINDS` order."""
+        tally = Counter(p.kind for p in self.problems)
+        return {k: tally[k] for k in (*KINDS, *sorted(set(tally) - set(KINDS))) if tally[k]}
+
+    def examples(self, kind: str) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind][: self.max_examples]
+
+    def summary(self) -> str:
+        """A few lines for a person: what was read, then each kind of problem with examples."""
+        files = ", ".join(self.label_files) or "no label file"
+        lines = [f"{self.dataset} ({self.layout or 'no'} layout) in {self.root}", f"  labels: {files}"]
+        expected = f" (expected {self.expected})" if self.expected is not None else ""
+        lines.append(f"  labelled images: {self.n_labelled}{expected}")
+        if self.n_decoded is not None:
+            lines.append(f"  images decoded: {self.n_decoded} of {self.n_labelled}")
+        else:
+            lines.append("  images not decoded (--no-images)")
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.ok:
+            lines.append("OK: no problems found")
+            return "\n".join(lines)
+        lines.append(f"PROBLEMS: {len(self.problems)}")
+        for kind, n in self.counts().items():
+            lines.append(f"  {kind}: {n}")
+            lines += [f"    {p}" for p in self.examples(kind)]
+            if n > self.max_examples:
+                lines.append(f"    ... and {n - self.max_examples} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "layout": self.layout,
+            "label_files": self.label_files,
+            "ok": self.ok,
+            "labelled": self.n_labelled,
+            "decoded": self.n_decoded,
+            "expected": self.expected,
+            "counts": self.counts(),
+            "examples": {
+                kind: [
+                    {"file": p.source, "where": p.where, "problem": p.message}
+                    for p in self.examples(kind)
+                ]
+                for kind in self.counts()
+            },
+            "notes": self.notes,
+        }
+
+
+def check_dataset(
+    name: str,
+    root: str | Path | None = None,
+    layout: str = "auto",
+    verify_images: bool = True,
+    *,
+    label_file: str | Path | None = None,
+    max_examples: int = 5,
+    workers: int = 4,
+    **options,
+) -> CheckReport:
+    """Check dataset ``name`` in ``root``: every bad row, missing file, duplicate entry and (with
+    ``verify_images``) every image that does not decode, reported together.
+
+    ``layout``, ``label_file`` and ``options`` are as for
+    :func:`~nriqa.data.registry.load_labels`. ``workers`` threads decode images. An unknown
+    dataset or a bad option raises; anything wrong with the files is reported.
+    """
+    spec = registry.get_spec(name)
+    report = CheckReport(spec.name, str(root) if root is not None else "", expected=spec.n_images,
+                         max_examples=max_examples)
+    try:
+        table, report.layout, files = registry.read_labels(
+            spec.name, root, layout, label_file, problems=report.problems, **options
+        )
+    except DataError as err:  # the labels cannot be read at all
+        report.problems.append(Problem(LABEL_FILE, err.path or report.root, "", err.problem))
+        return report
+    report.root = table.attrs.get("root", report.root)
+    report.label_files = [str(f) for f in files]
+    report.n_labelled = len(table)
+    mismatch = registry.size_mismatch(spec, len(table))
+    if mismatch:
+        report.notes.append(mismatch)
+    if "note" in table.attrs:
+        report.notes.append(table.attrs["note"])
+    if verify_images:
+        bad = decode_all(list(table["path"]), workers)
+        report.problems += bad
+        report.n_decoded = len(table) - len(bad)
+    return report
+
+
+def decode_all(paths: Sequence[str], workers: int = 4) -> list[Problem]:
+    """A problem for each image that does not decode, in the order of ``paths``."""
+    decode = _decoder()
+
+    def one(path: str) -> Problem | None:
+        try:
+            decode(path)
+        except DataError as err:
+            return Problem(UNREADABLE, path, "", err.problem)
+        except Exception as err:  # any decoder failure is the file's problem, not the check's
+            return Problem(UNREADABLE, path, "", f"{type(err).__name__}: {err}")
+        return None
+
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        return [p for p in pool.map(one, paths) if p is not None]
+
+
+def _decoder() -> Callable[[str], object]:
+    """nriqa's own image loader where it exists; else a plain full decode with Pillow."""
+    try:
+        from nriqa.data.images import load_image
+    except ImportError:
+        return _pil_decode
+    return load_image
+
+
+def _pil_decode(path: str) -> None:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_datasets_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``datasets list`` and ``datasets check`` on ``subparsers`` (from
+    ``parser.add_subparsers()``); each leaf sets ``func(args) -> exit code``."""
+    parser = subparsers.add_parser(
+        "datasets", help="list the known datasets, or check a dataset's files",
+        description="List the datasets nriqa knows, or check one on disk.")
+    sub = parser.add_subparsers(dest="datasets_command", metavar="{list,check}")
+    sub.required = True
+
+    listing = sub.add_parser("list", help="the known datasets, their sizes and scales")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=run_list)
+
+    check = sub.add_parser(
+        "check", help="report every problem with a dataset's labels and images",
+        description="Read a dataset's labels and decode its images, reporting every problem "
+                    "found. Exit code 0 when clean, 1 when problems were found.")
+    check.add_argument("name", help="dataset name (see `datasets list`)")
+    check.add_argument("root", nargs="?", default=None,
+                       help="the dataset folder (optional for the embedded dataset)")
+    check.add_argument("--layout", default="auto", help="official, pyiqa, ... (default: auto)")
+    check.add_argument("--label-file", default=None, help="label file, if not the default one")
+    check.add_argument("--no-images", action="store_true", help="do not decode the images")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--max-examples", type=int, default=5, help="examples per kind (5)")
+    check.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
+    check.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="reader option, e.g. images=512x384, or for a CSV: score_column=mos "
+                            "low=0 high=100 higher_better=false (repeatable)")
+    check.set_defaults(func=run_check)
+    return parser
+
+
+def run_list(args: argparse.Namespace) -> int:
+    table = registry.list_datasets()
+    if args.json:
+        print(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    report = check_dataset(
+        args.name, args.root, args.layout, not args.no_images, label_file=args.label_file,
+        max_examples=args.max_examples, workers=args.workers, **parse_options(args.option),
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
+def parse_options(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as reader options; numbers become numbers."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: option {item!r} is not KEY=VALUE")
+        options[key.strip().replace("-", "_")] = _number_or_text(value.strip())
+    return options
+
+
+def _number_or_text(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nriqa.data.check datasets check NAME ROOT``: the sub-commands on their own."""
+    parser = argparse.ArgumentParser(prog="nriqa")
+    add_datasets_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NriqaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
