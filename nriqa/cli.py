@@ -82,8 +82,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from nriqa.outputs.scoring import Scorer, find_images
     from nriqa.outputs.report import write_scores
+    from nriqa.outputs.scoring import Scorer, find_images
 
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:

@@ -64,6 +64,8 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     img_size: int | None = Field(None, description="ViT input size if not the backbone's default")
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments (depth, drop_path_rate, ...)")
+    freeze: list[str] = Field(default_factory=list, description="timm parameter-name prefixes of the backbone kept frozen, e.g. [conv_stem, bn1, blocks.0]; ['*'] freezes it all")
+    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -106,6 +108,7 @@ class QFMConfig(Section):
     kd: bool = Field(True, description="[R] distillation loss to the teacher's score")
     lambda_kd: float = Field(1.0, ge=0)
     pseudo_label_dir: str | None = Field(None, description="[R] unlabelled images the teacher pseudo-labels into the memory")
+    pseudo_per_step: int | None = Field(None, ge=0, description="[R] pseudo-labelled entries pushed again each step, cycling through them; None: as many as the step's student crops; 0: only once, before the first step")
 
 
 class LMLConfig(Section):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from nriqa.config import RunConfig
-from nriqa.errors import MetricError
 from nriqa.engine.schedule import lr_at
+from nriqa.errors import MetricError
 from nriqa.methods import StepContext, build_methods
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT

@@ -44,6 +44,22 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def freeze(self, prefixes: list[str], freeze_bn: bool = False) -> None:
+        """Stop training the parameters under ``prefixes`` (``"*"``: all of the network)."""
+        for name, p in self.net.named_parameters():
+            if any(pre == "*" or name == pre or name.startswith(pre + ".") for pre in prefixes):
+                p.requires_grad_(False)
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and getattr(self, "freeze_bn", False):
+            # Fine-tuning on small IQA batches would overwrite the ImageNet statistics.
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (to_unit(x) - self.mean) / self.std
 

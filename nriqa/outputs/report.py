@@ -39,7 +39,8 @@ def scatter_plot(pred, label, path: str | Path, title: str = "", fit_logistic: b
     import matplotlib.pyplot as plt
 
     from nriqa.errors import MetricError
-    from nriqa.metrics import fit_logistic as fit, logistic4
+    from nriqa.metrics import fit_logistic as fit
+    from nriqa.metrics import logistic4
 
     pred, label = np.asarray(pred, float), np.asarray(label, float)
     fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=120)
