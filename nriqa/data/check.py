@@ -61,7 +61,7 @@ class CheckReport:
         if self.n_decoded is not None:
             lines.append(f"  images decoded: {self.n_decoded} of {self.n_labelled}")
         else:
-            lines.append("  images not decoded (--no-images)")
+            lines.append("  images not decoded" + (" (--no-images)" if self.n_labelled else ""))
         lines += [f"  note: {n}" for n in self.notes]
         if self.ok:
             lines.append("OK: no problems found")

@@ -76,8 +76,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f" {self.where}" if self.where else ""
-        return f"{self.source}:{where}: {self.message}"
+        where = f" {self.where}:" if self.where else ""
+        return f"{self.source}:{where} {self.message}"
 
 
 @dataclass
