@@ -8,6 +8,7 @@ labelled so in every result).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,15 @@ def _teacher(cfg: RunConfig, parts: dict, out_dir: Path):
     return load_model(path)[0]
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's advertising tips and a deprecation it triggers in itself out of our output."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: int | None = None) -> L.Trainer:
+    quiet_lightning()
     t = cfg.trainer
     if t.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(t.log_every_n_steps, 1))]

@@ -1,0 +1,271 @@
+"""The embedded synthetic dataset: distortions, labels, determinism, caching, the label table.
+
+Builds are tiny (96 px, three references) so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nriqa.data import synthetic as S
+from nriqa.data.synthetic import (
+    DISTORTIONS,
+    LABEL_COLUMNS,
+    build_embedded,
+    embedded_dir,
+    load_embedded_table,
+    load_reference,
+    quality_label,
+    severities,
+)
+from nriqa.data.table import COLUMNS
+from nriqa.errors import ConfigError, DataError
+
+TINY = {"size": 96, "references": ["astronaut", "coffee", "flower"]}
+SMALL = {"size": 48, "references": ["chelsea", "china"], "distortions": ["jpeg", "gaussian_noise"]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_embedded(tmp_path_factory.mktemp("tiny") / "ds", **TINY)
+
+
+@pytest.fixture(scope="module")
+def labels(tiny) -> pd.DataFrame:
+    return pd.read_csv(tiny / "labels.csv")
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ distortions
+
+
+def test_distortion_table_is_complete_and_well_formed():
+    assert len(DISTORTIONS) >= 10
+    ref = load_reference("chelsea", 64)
+    assert ref.dtype == np.uint8 and ref.shape == (64, 96, 3)
+    for name, fn in DISTORTIONS.items():
+        for level in range(1, 6):
+            out = fn(ref, level, np.random.default_rng(1))
+            assert out.dtype == np.uint8 and out.shape == ref.shape, (name, level)
+            assert not np.array_equal(out, ref), f"{name} level {level} left the image unchanged"
+            again = fn(ref, level, np.random.default_rng(1))
+            assert np.array_equal(out, again), f"{name} is not deterministic for a generator"
+        with pytest.raises(ConfigError):
+            fn(ref, 6, np.random.default_rng(1))
+
+
+def test_quality_label_is_one_for_identity_and_in_range():
+    ref = load_reference("coffee", 64)
+    assert quality_label(ref, ref) == pytest.approx(1.0)
+    noisy = DISTORTIONS["gaussian_noise"](ref, 5, np.random.default_rng(0))
+    assert 0.0 <= quality_label(ref, noisy) < 0.6
+
+
+def test_severities():
+    assert severities(5) == [1, 2, 3, 4, 5]
+    assert severities(3) == [1, 3, 5]
+    assert severities(2) == [1, 5]
+    assert severities(1) == [3]
+    with pytest.raises(ConfigError):
+        severities(6)
+
+
+# ------------------------------------------------------------------------------ the build
+
+
+def test_layout_and_labels(tiny, labels):
+    assert tuple(labels.columns) == LABEL_COLUMNS
+    assert len(labels) == 3 * len(DISTORTIONS) * 5
+    assert set(labels["group"]) == set(TINY["references"])
+    assert set(labels["dist_type"]) == set(DISTORTIONS)
+    assert sorted(set(labels["level"])) == [1, 2, 3, 4, 5]
+    assert labels["score"].between(0, 1).all()
+    assert (labels["score"] < 1).all()
+    for row in labels.itertuples():
+        assert row.path == f"images/{row.group}_{row.dist_type}_{row.level}.png"
+        assert row.ref_path == f"refs/{row.group}.png"
+        assert (tiny / row.path).is_file()
+    # References keep their aspect ratio with a 96 px short side: sizes differ.
+    shapes = {r: _pixels(tiny / f"refs/{r}.png").shape for r in TINY["references"]}
+    assert shapes == {"astronaut": (96, 96, 3), "coffee": (96, 144, 3), "flower": (96, 144, 3)}
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    assert manifest["n_images"] == len(labels)
+    assert [r["name"] for r in manifest["references"]] == TINY["references"]
+
+
+def test_every_distorted_image_differs_from_its_reference(tiny, labels):
+    refs = {r: _pixels(tiny / f"refs/{r}.png") for r in TINY["references"]}
+    for row in labels.itertuples():
+        img = _pixels(tiny / row.path)
+        assert img.shape == refs[row.group].shape
+        assert not np.array_equal(img, refs[row.group]), row.path
+
+
+def test_labels_fall_with_level_for_every_type(labels):
+    means = labels.pivot_table(index="dist_type", columns="level", values="score")
+    steps = means.diff(axis=1).iloc[:, 1:]
+    # Non-increasing for every type (JPEG 2000's two strongest levels may tie at this tiny size,
+    # as documented), and a clear fall from level 1 to level 5.
+    assert (steps <= 1e-9).all().all(), means
+    assert ((means[1] - means[5]) > 0.08).all(), means
+    # Per image too: level 1 is always better than level 5.
+    per_image = labels.pivot_table(index=["dist_type", "group"], columns="level", values="score")
+    assert (per_image[1] > per_image[5]).all()
+
+
+def test_build_is_deterministic(tiny, tmp_path):
+    other = build_embedded(tmp_path / "again", **TINY)
+    assert (other / "labels.csv").read_bytes() == (tiny / "labels.csv").read_bytes()
+    assert (other / "manifest.json").read_bytes() == (tiny / "manifest.json").read_bytes()
+    files = sorted(p.relative_to(tiny) for p in tiny.rglob("*.png"))
+    assert files == sorted(p.relative_to(other) for p in other.rglob("*.png"))
+    for rel in files:
+        assert (tiny / rel).read_bytes() == (other / rel).read_bytes(), rel
+
+
+def test_seed_changes_random_distortions_only(tmp_path):
+    a = pd.read_csv(build_embedded(tmp_path / "a", seed=0, **SMALL) / "labels.csv")
+    b = pd.read_csv(build_embedded(tmp_path / "b", seed=1, **SMALL) / "labels.csv")
+    jpeg = a["dist_type"] == "jpeg"
+    assert np.array_equal(a.loc[jpeg, "score"], b.loc[jpeg, "score"])
+    assert not np.array_equal(a.loc[~jpeg, "score"], b.loc[~jpeg, "score"])
+
+
+# ------------------------------------------------------------------------------ the cache
+
+
+def test_second_call_uses_the_cache(tmp_path):
+    root = build_embedded(tmp_path / "ds", **SMALL)
+    before = _mtimes(root)
+    assert build_embedded(tmp_path / "ds", **SMALL) == root
+    assert _mtimes(root) == before
+
+
+@pytest.mark.parametrize("damage", ["no_manifest", "missing_image", "edited_labels"])
+def test_incomplete_build_is_redone(tmp_path, damage):
+    root = build_embedded(tmp_path / "ds", **SMALL)
+    good_labels = (root / "labels.csv").read_bytes()
+    image = root / "images" / "chelsea_jpeg_3.png"
+    if damage == "no_manifest":  # as after an interrupted build
+        (root / "manifest.json").unlink()
+    elif damage == "missing_image":
+        image.unlink()
+    else:
+        (root / "labels.csv").write_text("path,score\n")
+    before = _mtimes(root)
+    assert build_embedded(tmp_path / "ds", **SMALL) == root
+    assert (root / "manifest.json").is_file()
+    assert image.is_file()
+    assert (root / "labels.csv").read_bytes() == good_labels
+    after = _mtimes(root)
+    assert all(after[k] != v for k, v in before.items() if k in after), "not rebuilt"
+    assert not list(tmp_path.glob(".ds.*")), "temporary build directories left behind"
+
+
+def test_force_and_changed_parameters_rebuild(tmp_path):
+    root = build_embedded(tmp_path / "ds", **SMALL)
+    before = _mtimes(root)["manifest.json"]
+    build_embedded(tmp_path / "ds", force=True, **SMALL)
+    assert _mtimes(root)["manifest.json"] != before
+    build_embedded(tmp_path / "ds", seed=3, **SMALL)
+    assert json.loads((root / "manifest.json").read_text())["seed"] == 3
+
+
+def test_changed_recipe_rebuilds(tmp_path, monkeypatch):
+    root = build_embedded(tmp_path / "ds", **SMALL)
+    before = _mtimes(root)["manifest.json"]
+    monkeypatch.setattr(S, "_code_hash", lambda: "edited")
+    build_embedded(tmp_path / "ds", **SMALL)
+    assert _mtimes(root)["manifest.json"] != before
+    assert json.loads((root / "manifest.json").read_text())["code"] == "edited"
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="refusing"):
+        build_embedded(target, **SMALL)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_concurrent_builds_agree(tmp_path):
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(build_embedded(tmp_path / "ds", workers=1, **SMALL))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == [tmp_path / "ds"] * 3
+    assert S._is_complete(tmp_path / "ds", json.loads((tmp_path / "ds/manifest.json").read_text()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_default_location_and_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("NRIQA_CACHE", str(tmp_path / "cache"))
+    assert embedded_dir() == tmp_path / "cache" / "embedded-v1-s0-320"
+    assert embedded_dir(seed=2, size=96) == tmp_path / "cache" / "embedded-v1-s2-96"
+    names = {
+        embedded_dir(levels=3).name,
+        embedded_dir(distortions=["jpeg"]).name,
+        embedded_dir(references=["china", "flower"]).name,
+    }
+    assert len(names) == 3 and all(n.startswith("embedded-v1-s0-320-") for n in names)
+    root = build_embedded(seed=1, levels=2, **SMALL)
+    assert root.parent == tmp_path / "cache"
+    assert sorted(set(pd.read_csv(root / "labels.csv")["level"])) == [1, 5]
+    with pytest.raises(ConfigError, match="unknown distortion"):
+        build_embedded(tmp_path / "x", distortions=["sepia"])
+    with pytest.raises(ConfigError, match="unknown reference"):
+        build_embedded(tmp_path / "x", references=["lena"])
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def test_load_embedded_table(tiny, labels):
+    table = load_embedded_table(tiny)
+    assert list(table.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert {"dist_type", "level", "ref_path"} <= set(table.columns)
+    assert len(table) == len(labels)
+    assert np.allclose(table["label"], labels["score"])
+    assert np.allclose(table["score"], labels["score"])
+    assert set(table["group"]) == set(TINY["references"])
+    assert (table["split"] == "").all()
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in table["path"])
+    assert all(Path(p).is_file() for p in table["ref_path"])
+
+
+def test_load_embedded_table_builds_by_default_and_rejects_incomplete(tmp_path, monkeypatch):
+    monkeypatch.setenv("NRIQA_CACHE", str(tmp_path / "cache"))
+    table = load_embedded_table(seed=0, **SMALL)
+    assert len(table) == 2 * 2 * 5
+    broken = tmp_path / "broken"
+    shutil.copytree(embedded_dir(**SMALL), broken)
+    (broken / "manifest.json").unlink()
+    with pytest.raises(DataError, match="manifest"):
+        load_embedded_table(broken)
