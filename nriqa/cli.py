@@ -63,7 +63,8 @@ def cmd_evaluate(args) -> int:
     from nriqa.metrics import evaluate
     from nriqa.outputs.scoring import Scorer
 
-    table = load_labels(args.dataset, args.root, layout=args.layout)
+    table = load_labels(args.dataset, args.root, layout=args.layout, label_file=args.label_file,
+                        **_options(args.option))
     if args.split_file:
         from nriqa.data.splits import Split
 
@@ -79,6 +80,13 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate([r.score for r in results], table["label"].to_numpy(), fit=args.fit)
     print(json.dumps({"dataset": args.dataset, "images": len(table), **metrics}, indent=2))
     return 0
+
+
+def _options(items: list[str]) -> dict:
+    """``["low=0", "high=1"]`` -> loader options, values parsed as YAML."""
+    from nriqa.config import parse_overrides
+
+    return parse_overrides(items or [])
 
 
 def cmd_score(args) -> int:
@@ -147,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--layout", default="auto")
+    p.add_argument("--label-file")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="loader option, e.g. -o low=0 -o high=100 for a csv dataset")
     p.add_argument("--split-file", help="evaluate only one part of this split")
     p.add_argument("--part", default="test", choices=["train", "val", "test"])
     p.add_argument("--fit", default="none", choices=["none", "logistic"])

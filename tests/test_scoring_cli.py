@@ -113,3 +113,12 @@ def test_protocol_runner_two_splits_with_cross_dataset(tmp_path):
     assert splits[0] != splits[1]
     md = (tmp_path / "run" / "summary.md").read_text()
     assert "Protocol: **honest**" in md and "| SRCC |" in md
+
+
+def test_cli_evaluate_reports_metrics_on_a_labelled_dataset(checkpoint, tmp_path, capsys):
+    table = tiny_images(tmp_path / "imgs")
+    table[["path", "score", "group"]].to_csv(tmp_path / "labels.csv", index=False)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "csv", "--root", str(tmp_path),
+                 "-o", "low=0", "-o", "high=1", "-o", "group_column=group", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == len(table) == out["n"] and -1 <= out["srcc"] <= 1
