@@ -395,11 +395,13 @@ def cache_root() -> Path:
 def embedded_dir(
     seed: int = 0, size: int = 320, levels: int = N_LEVELS, distortions=None, references=None
 ) -> Path:
-    """Default location of a built dataset: ``$NRIQA_CACHE/embedded-v1-s{seed}-{size}``.
+    """Default location of a built dataset: ``$NRIQA_CACHE/embedded-v1-s{seed}-{size}-{code}``.
 
-    Non-default ``levels``, distortions or references add a suffix, so datasets never collide.
+    ``code`` is the hash of the generating code, so a new nriqa version builds beside an old build
+    instead of replacing it under a run that is reading it. Non-default ``levels``, distortions or
+    references add a suffix, so datasets never collide.
     """
-    name = f"embedded-v{FORMAT_VERSION}-s{int(seed)}-{int(size)}"
+    name = f"embedded-v{FORMAT_VERSION}-s{int(seed)}-{int(size)}-{_code_hash()[:8]}"
     if int(levels) != N_LEVELS:
         name += f"-l{int(levels)}"
     dists = _resolve_names(distortions, DISTORTIONS, "distortion(s)")
