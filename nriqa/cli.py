@@ -22,15 +22,22 @@ from nriqa.errors import NriqaError
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="recipe: a YAML file or a bundled name (nriqa recipes)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its output_dir (same as trainer.resume=true)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
 
 
-def cmd_train(args) -> int:
+def _config(args):
     from nriqa.config import load_config
+
+    return load_config(args.config, [*args.overrides, *(["trainer.resume=true"] if args.resume else [])])
+
+
+def cmd_train(args) -> int:
     from nriqa.engine.train import fit
     from nriqa.protocol.runner import load_table, split_for
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     table = load_table(cfg.data)
     split = split_for(cfg, table, cfg.split.index)
     out = Path(cfg.trainer.output_dir)
@@ -49,10 +56,9 @@ def _common_root(table) -> str:
 
 
 def cmd_protocol(args) -> int:
-    from nriqa.config import load_config
     from nriqa.protocol.runner import run_protocol, summary_markdown
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config(args)
     summary = run_protocol(cfg)
     print(summary_markdown(summary))
     return 0
