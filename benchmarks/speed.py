@@ -87,14 +87,7 @@ def time_training(base, table, split, methods, steps, out) -> list[dict]:
                                           f"trainer.limit_train_batches={steps + 2}",
                                           f"trainer.output_dir={out}/{name}"])
         timer = StepTimer()
-        from nriqa.engine import train as train_mod
-
-        original = train_mod.build_trainer
-        train_mod.build_trainer = lambda c, o, cb, m=None: original(c, o, [*cb, timer], m)
-        try:
-            fit(cfg, table, split, cfg.trainer.output_dir)
-        finally:
-            train_mod.build_trainer = original
+        fit(cfg, table, split, cfg.trainer.output_dir, callbacks=(timer,))
         k = cfg.method.lml.crops if "lml" in cfg.method.name else 1
         step = float(np.median(timer.times))
         rows.append({"method": name, "s_per_step": step, "images_per_step": cfg.data.batch_size,

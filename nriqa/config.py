@@ -105,6 +105,7 @@ class QFMConfig(Section):
     lambda_noise: float = Field(1.0, ge=0, description="[R] weight of the perturbed-prediction loss")
     teacher: bool = Field(True, description="[R] frozen teacher whose features enter the memory")
     teacher_checkpoint: str | None = Field(None, description="[R] teacher checkpoint; None: train a DEIQT baseline on the same training part first")
+    teacher_dir: str | None = Field(None, description="share fitted teachers here, keyed by split and settings (ablations reuse one teacher per split)")
     kd: bool = Field(True, description="[R] distillation loss to the teacher's score")
     lambda_kd: float = Field(1.0, ge=0)
     pseudo_label_dir: str | None = Field(None, description="[R] unlabelled images the teacher pseudo-labels into the memory")

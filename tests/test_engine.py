@@ -104,3 +104,32 @@ def test_ddp_two_cpu_processes_give_the_same_test_metrics(tmp_path, table, monke
     assert results[1]["test/srcc"] == pytest.approx(results[2]["test/srcc"], abs=1e-6)
     assert results[1]["test/plcc"] == pytest.approx(results[2]["test/plcc"], abs=1e-6)
     assert results[1]["test/rmse"] == pytest.approx(results[2]["test/rmse"], abs=1e-6)
+
+
+def test_infer_with_best_compares_student_and_teacher_on_the_selection_part(tmp_path, table):
+    cfg = tiny_config(tmp_path, "method.name=lml", "method.lml.crops=2", "method.lml.infer_with=best",
+                      "method.lml.momentum=0.5")
+    split = make_split(table, mode="honest", seed=0)
+    result = fit(cfg, table, split, tmp_path / "run")
+    assert result.results["exported"] in ("student", "lml teacher")
+    model, _ = load_model(result.model_path)
+    preds = pd.read_csv(tmp_path / "run" / "test_predictions.csv")
+    # the reported test metrics are those of the exported network
+    from nriqa.engine.train import predict_metrics
+
+    metrics = predict_metrics(model, subset(table, split.test), cfg, resolve_data_settings(cfg))
+    assert metrics["plcc"] == pytest.approx(result.results["test"]["plcc"], abs=1e-5)
+    assert len(preds) == len(split.test)
+
+
+def test_qfm_teachers_are_fitted_once_per_split_when_shared(tmp_path, table):
+    split = make_split(table, mode="honest", seed=0)
+    shared = f"method.qfm.teacher_dir={tmp_path / 'teachers'}"
+    fit(tiny_config(tmp_path, "method.name=qfm", shared, "optim.epochs=1"), table, split, tmp_path / "a")
+    fit(tiny_config(tmp_path, "method.name=qfm", shared, "optim.epochs=1", "method.qfm.alpha=1"),
+        table, split, tmp_path / "b")
+    teachers = list((tmp_path / "teachers").iterdir())
+    assert len(teachers) == 1 and (teachers[0] / "model.safetensors").is_file()
+    other = make_split(table, mode="honest", seed=1)
+    fit(tiny_config(tmp_path, "method.name=qfm", shared, "optim.epochs=1"), table, other, tmp_path / "c")
+    assert len(list((tmp_path / "teachers").iterdir())) == 2

@@ -76,7 +76,7 @@ class IQADataModule(L.LightningDataModule):
                           crops_per_item=self.crops_per_image, patch_num=self.repeats,
                           resize=self.settings.resize, small_image=d.small_image,
                           test_crops=d.test_crops, seed=self.cfg.trainer.seed,
-                          return_full=self.needs_full_image, hflip=d.hflip)
+                          return_full=self.needs_full_image, full_size=d.crop_size, hflip=d.hflip)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()

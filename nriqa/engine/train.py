@@ -69,12 +69,25 @@ def _teacher(cfg: RunConfig, parts: dict, out_dir: Path):
     if q.teacher_checkpoint:
         return load_model(q.teacher_checkpoint)[0]
     teacher_cfg = cfg.model_copy(deep=True)
-    teacher_cfg.method.name = "deiqt"
-    teacher_cfg.trainer.resume = cfg.trainer.resume
-    path = out_dir / "teacher" / "model.safetensors"
+    teacher_cfg.method = type(cfg.method)(name="deiqt")
+    folder = Path(q.teacher_dir) / teacher_key(teacher_cfg, parts) if q.teacher_dir else out_dir / "teacher"
+    teacher_cfg.trainer.output_dir = str(folder)
+    path = folder / "model.safetensors"
     if not path.is_file():
-        fit_parts(teacher_cfg, parts, out_dir / "teacher")
+        fit_parts(teacher_cfg, parts, folder)
     return load_model(path)[0]
+
+
+def teacher_key(cfg: RunConfig, parts: dict) -> str:
+    """Same training and selection images and same settings -> the same teacher."""
+    import hashlib
+    import json
+
+    facts = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+             "optim": cfg.optim.model_dump(mode="json"), "seed": cfg.trainer.seed,
+             "protocol": cfg.split.protocol,
+             "parts": {k: sorted(map(str, parts[k]["path"])) for k in ("train", "select")}}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def quiet_lightning() -> None:
@@ -104,7 +117,7 @@ def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: in
 
 
 def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Path,
-              split: Split | None = None) -> FitResult:
+              split: Split | None = None, callbacks: tuple = ()) -> FitResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
@@ -118,7 +131,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     ckpt_dir = out_dir / "checkpoints"
     select = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/plcc", mode="max",
                              save_top_k=1, save_last=True, enable_version_counter=False)
-    trainer = build_trainer(cfg, out_dir, [select])
+    trainer = build_trainer(cfg, out_dir, [select, *callbacks])
     last = ckpt_dir / "last.ckpt"
     resume = str(last) if cfg.trainer.resume and last.is_file() else None
     if cfg.trainer.resume and resume is None:
@@ -131,6 +144,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     best_path = select.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
+    exported = choose_export(module, parts["select"], cfg, settings)
     trainer.test(module, datamodule=data, verbose=False)
     test = module.last_eval.get("test", {})
     results = {
@@ -141,6 +155,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
         "select_plcc": float(select.best_model_score) if select.best_model_score is not None else None,
         "test": test.get("metrics"),
         "test_last_epoch": test_last,
+        "exported": exported,
         "sizes": {k: len(v) for k, v in parts.items()},
         "method": cfg.method.name,
         "dataset": cfg.data.dataset,
@@ -150,12 +165,46 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
                             "fraction": split.fraction}
     model_path = out_dir / "model.safetensors"
     if trainer.is_global_zero:
-        export = module.methods[0].export_model(module.model) if len(module.methods) else module.model
-        save_model(export, module.meta, model_path)
+        save_model(module.model, module.meta, model_path)
         atomic_write_json(out_dir / "results.json", results)
         if "predictions" in test:
             _write_predictions(out_dir / "test_predictions.csv", parts["test"], test["predictions"])
     return FitResult(out_dir, model_path, results)
+
+
+def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, settings) -> str:
+    """Put the network to export into ``module.model`` (so the test scores what is exported).
+
+    A method may offer candidates (LML-IQA with ``infer_with=best``: student or EMA teacher), which
+    are compared by PLCC on the selection part; otherwise a method may name its export directly
+    (``infer_with=teacher``). Returns the exported network's name."""
+    name = "student"
+    for method in module.methods:
+        candidates = method.export_candidates(module.model)
+        if len(candidates) > 1:
+            plcc = {n: predict_metrics(net, select, cfg, settings)["plcc"] for n, net in candidates.items()}
+            method.select_network(max(plcc, key=plcc.get))
+            log.info("export candidates on the selection part (PLCC): %s", plcc)
+        export = method.export_model(module.model)
+        if export is not module.model:
+            module.model.load_state_dict(export.state_dict())
+            name = f"{method.name} teacher"
+    return name
+
+
+@torch.no_grad()
+def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings) -> dict:
+    """Metrics of ``model`` on ``table`` in this process (no trainer)."""
+    from nriqa.engine.data import eval_dataset, eval_loader
+    from nriqa.metrics import evaluate
+
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    preds = [model.score_crops(b["image"].to(device)).float().cpu()
+             for b in eval_loader(cfg, eval_dataset(cfg, table, settings), 0, 1)]
+    model.train(was)
+    return evaluate(torch.cat(preds).numpy(), table["label"].to_numpy())
 
 
 def _write_predictions(path: Path, table: pd.DataFrame, arr) -> None:
@@ -167,6 +216,8 @@ def _write_predictions(path: Path, table: pd.DataFrame, arr) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def fit(cfg: RunConfig, table: pd.DataFrame, split: Split, out_dir: str | Path) -> FitResult:
-    """Fit on ``split`` of ``table`` and write config, checkpoints, logs, results and the model."""
-    return fit_parts(cfg, split_parts(table, split, cfg.split.protocol), out_dir, split)
+def fit(cfg: RunConfig, table: pd.DataFrame, split: Split, out_dir: str | Path,
+        callbacks: tuple = ()) -> FitResult:
+    """Fit on ``split`` of ``table`` and write config, checkpoints, logs, results and the model.
+    ``callbacks`` are extra Lightning callbacks (e.g. a timer)."""
+    return fit_parts(cfg, split_parts(table, split, cfg.split.protocol), out_dir, split, callbacks)

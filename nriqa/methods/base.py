@@ -60,6 +60,14 @@ class Method(nn.Module):
         Frozen teachers and memories are not listed here and so never get optimised."""
         return []
 
+    def export_candidates(self, model: DEIQT) -> dict[str, DEIQT]:
+        """Networks the engine may compare on the selection part before exporting one (LML-IQA's
+        ``infer_with=best``: student or EMA teacher). Empty: no comparison wanted."""
+        return {}
+
+    def select_network(self, name: str) -> None:
+        """Told which candidate of :meth:`export_candidates` validated best."""
+
     def export_model(self, model: DEIQT) -> DEIQT:
         """The network to export for inference (the student by default)."""
         return model

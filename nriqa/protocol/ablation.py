@@ -36,7 +36,9 @@ def run_ablation(recipe: str | None, method: str, overrides: list[str], output_d
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; known: {[n for n, _ in variants(method)]}")
     rows = []
     for name, extra in chosen:
-        cfg = load_config(recipe, [*overrides, *extra, f"trainer.output_dir={out / name}"])
+        # QFM-IQM variants share one teacher per split instead of each fitting its own.
+        cfg = load_config(recipe, [f"method.qfm.teacher_dir={out / 'teachers'}", *overrides, *extra,
+                                   f"trainer.output_dir={out / name}"])
         summary = run_protocol(cfg)
         row = {"variant": name, "overrides": " ".join(extra) or "-", "protocol": summary["protocol"],
                "splits": summary["splits"]}
