@@ -35,24 +35,18 @@ def _config(args):
 
 def cmd_train(args) -> int:
     from nriqa.engine.train import fit
-    from nriqa.protocol.runner import load_table, split_for
+    from nriqa.protocol.runner import dataset_root, load_table, split_for
 
     cfg = _config(args)
     table = load_table(cfg.data)
     split = split_for(cfg, table, cfg.split.index)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    split.to_json(out / "split.json", table, cfg.data.root or _common_root(table))
+    split.to_json(out / "split.json", table, dataset_root(cfg.data, table))
     result = fit(cfg, table, split, out)
     print(json.dumps({"model": str(result.model_path), "test": result.results["test"],
                       "protocol": result.results["protocol"]}, indent=2))
     return 0
-
-
-def _common_root(table) -> str:
-    import os
-
-    return os.path.commonpath(list(table["path"]))
 
 
 def cmd_protocol(args) -> int:
@@ -72,9 +66,11 @@ def cmd_evaluate(args) -> int:
     table = load_labels(args.dataset, args.root, layout=args.layout, label_file=args.label_file,
                         **_options(args.option))
     if args.split_file:
+        import os
+
         from nriqa.data.splits import Split
 
-        split = Split.from_json(args.split_file, table, args.root or _common_root(table))
+        split = Split.from_json(args.split_file, table, args.root or os.path.commonpath(list(table["path"])))
         table = table.iloc[getattr(split, args.part)].reset_index(drop=True)
     scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     results = scorer.score_paths(list(table["path"]), progress=not args.quiet)

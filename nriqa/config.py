@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nriqa.errors import ConfigError
 
@@ -36,6 +36,15 @@ class DataConfig(Section):
     patch_num: int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
     test_patch_num: int | None = Field(None, gt=0, description="test crops per image; None: patch_num")
     resize: str | None = Field(None, description="none, deiqt, aspect:HxW, short:N; None: the dataset's default")
+
+    @field_validator("resize")
+    @classmethod
+    def _resize_policy(cls, value):
+        if value is not None:
+            from nriqa.data.crops import resized_size
+
+            resized_size(64, 48, value)  # raises ValueError naming the allowed policies
+        return value
     small_image: Literal["upscale", "pad", "error"] = "upscale"
     test_crops: Literal["grid", "seeded"] = "grid"
     hflip: bool = True
@@ -139,7 +148,7 @@ class TrainerConfig(Section):
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str | None = Field(None, description="None: 16-mixed on GPU (AMP), 32 on CPU")
+    precision: int | str | None = Field(None, description="None: bf16-mixed on GPUs that support it, else 16-mixed (AMP); 32-true on CPU")
     seed: int = 0
     output_dir: str = "runs/default"
     resume: bool = Field(False, description="continue from output_dir/checkpoints/last.ckpt")

@@ -24,7 +24,9 @@ class DataError(NriqaError, ValueError):
     ``"<path>: <problem>"``.
     """
 
-    def __init__(self, path: str | Path | None, problem: str):
+    def __init__(self, path: str | Path | None, problem: str | None = None):
+        if problem is None:  # rebuilt from its message alone (re-raised from a DataLoader worker)
+            path, problem = None, str(path)
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")

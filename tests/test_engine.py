@@ -133,3 +133,29 @@ def test_qfm_teachers_are_fitted_once_per_split_when_shared(tmp_path, table):
     other = make_split(table, mode="honest", seed=1)
     fit(tiny_config(tmp_path, "method.name=qfm", shared, "optim.epochs=1"), table, other, tmp_path / "c")
     assert len(list((tmp_path / "teachers").iterdir())) == 2
+
+
+def test_config_mistakes_are_named_errors(tmp_path, table):
+    from nriqa.errors import ConfigError, DataError, ImageError
+    from nriqa.protocol.runner import run_protocol
+
+    split = make_split(table, mode="honest", seed=0, ratios=(0.9, 0, 0.1))
+    with pytest.raises(ConfigError, match="needs a validation part"):
+        fit(tiny_config(tmp_path), table, split, tmp_path / "run")
+    with pytest.raises(ConfigError, match="n_splits=1"):
+        run_protocol(tiny_config(tmp_path, f"split.file={tmp_path / 's.json'}", "protocol.n_splits=2"))
+    # an error re-raised from a DataLoader worker is rebuilt from its message alone
+    err = ImageError("/data/x.jpg", "corrupt")
+    again = type(err)(str(err))
+    assert isinstance(again, DataError) and str(again) == "/data/x.jpg: corrupt"
+
+
+def test_unused_backbone_parameters_are_frozen_for_ddp():
+    from nriqa.models import Backbone
+
+    bb = Backbone("convnext_atto")
+    frozen = [n for n, p in bb.net.named_parameters() if not p.requires_grad]
+    assert frozen == ["head.norm.weight", "head.norm.bias"]
+    c, tokens = bb(torch.rand(1, 3, 64, 64))
+    (c.sum() + tokens.sum()).backward()
+    assert all(p.grad is not None for p in bb.net.parameters() if p.requires_grad)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from nriqa.config import RunConfig
@@ -84,7 +85,8 @@ class IQADataModule(L.LightningDataModule):
         return DataLoader(EpochKeyed(dataset), batch_size=self.cfg.data.batch_size,
                           sampler=TrainSampler(len(dataset), self.cfg.trainer.seed, rank, world),
                           num_workers=self.cfg.data.num_workers, drop_last=False,
-                          persistent_workers=False, pin_memory=False)
+                          persistent_workers=self.cfg.data.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def _eval(self, part: str):
         table = self.tables[part]

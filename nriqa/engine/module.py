@@ -140,11 +140,15 @@ class IQAModule(L.LightningModule):
         try:
             # Selection always uses plain PLCC; the logistic-fitted values are added beside it.
             metrics = evaluate(arr[:, 1], arr[:, 2])
-            if self.cfg.protocol.fit != "none":
-                metrics |= evaluate(arr[:, 1], arr[:, 2], fit=self.cfg.protocol.fit)
         except MetricError as err:  # e.g. a collapsed model predicting a constant
             log.warning("%s metrics undefined at epoch %d: %s", stage, self.current_epoch, err)
             metrics = {"srcc": -1.0, "plcc": -1.0, "krcc": -1.0, "rmse": float("inf"), "n": len(arr)}
+        else:
+            if self.cfg.protocol.fit != "none":
+                try:
+                    metrics |= evaluate(arr[:, 1], arr[:, 2], fit=self.cfg.protocol.fit)
+                except MetricError as err:
+                    log.warning("%s logistic fit failed at epoch %d: %s", stage, self.current_epoch, err)
         self.last_eval[stage] = {"metrics": metrics, "predictions": arr}
         self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items() if k != "n"},
                       rank_zero_only=False, sync_dist=False)

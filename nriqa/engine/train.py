@@ -22,6 +22,7 @@ from nriqa.config import RunConfig, save_config
 from nriqa.data.splits import Split
 from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings, subset
 from nriqa.engine.module import IQAModule
+from nriqa.errors import ConfigError
 from nriqa.io import atomic_write_json
 from nriqa.outputs.checkpoint import inference_meta, load_model, save_model
 
@@ -50,8 +51,11 @@ def split_parts(table: pd.DataFrame, split: Split, protocol: str) -> dict[str, p
         parts["select"] = parts["test"]
     else:
         if len(split.val) == 0:
-            raise ValueError("the honest protocol needs a validation part (split ratios with val > 0)")
+            raise ConfigError("split.protocol=honest needs a validation part: split.ratios with val > 0")
         parts["select"] = subset(table, split.val)
+    for name, part in parts.items():
+        if len(part) < 3:
+            raise ConfigError(f"the {name} part has {len(part)} image(s); correlations need at least 3")
     return parts
 
 
@@ -121,9 +125,11 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     settings = resolve_data_settings(cfg)
-    context = method_context(cfg, parts, out_dir, settings)
+    context = method_context(cfg, parts, out_dir, settings)  # may fit a teacher first
+    # Seed after the context, so the student starts the same whether its teacher was fitted now
+    # or found in a shared teacher folder.
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = IQAModule(cfg, context=context)
     module.meta = inference_meta(cfg, settings)
     data = IQADataModule(cfg, parts["train"], parts["select"], parts["test"],
@@ -144,7 +150,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     best_path = select.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
-    exported = choose_export(module, parts["select"], cfg, settings)
+    exported = choose_export(module, parts["select"], cfg, settings, trainer.strategy.root_device)
     trainer.test(module, datamodule=data, verbose=False)
     test = module.last_eval.get("test", {})
     results = {
@@ -169,10 +175,12 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
         atomic_write_json(out_dir / "results.json", results)
         if "predictions" in test:
             _write_predictions(out_dir / "test_predictions.csv", parts["test"], test["predictions"])
+    trainer.strategy.barrier("nriqa-export")  # every rank may read the exported files after this
     return FitResult(out_dir, model_path, results)
 
 
-def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, settings) -> str:
+def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, settings,
+                  device: torch.device | str = "cpu") -> str:
     """Put the network to export into ``module.model`` (so the test scores what is exported).
 
     A method may offer candidates (LML-IQA with ``infer_with=best``: student or EMA teacher), which
@@ -182,7 +190,8 @@ def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, setti
     for method in module.methods:
         candidates = method.export_candidates(module.model)
         if len(candidates) > 1:
-            plcc = {n: predict_metrics(net, select, cfg, settings)["plcc"] for n, net in candidates.items()}
+            plcc = {n: predict_metrics(net.to(device), select, cfg, settings)["plcc"]
+                    for n, net in candidates.items()}
             method.select_network(max(plcc, key=plcc.get))
             log.info("export candidates on the selection part (PLCC): %s", plcc)
         export = method.export_model(module.model)

@@ -360,7 +360,14 @@ class LMLMethod(Method):
             if size not in self._grid:
                 self._grid[size] = tuple(teacher.backbone.token_grid(size))
             grid = self._grid[size]
-        maps = saliency_maps(teacher, batch["full"], kind, size, grid)
+        # Without EMA the "teacher" is the training student: score the full image in eval mode so
+        # BatchNorm statistics are not updated from it.
+        was = teacher.training
+        teacher.eval()
+        try:
+            maps = saliency_maps(teacher, batch["full"], kind, size, grid)
+        finally:
+            teacher.train(was)
         return box_saliency(maps, batch["boxes"].float(), BOX_RESOLUTION)
 
     def random_salient(self, ctx: StepContext, b: int, k: int) -> torch.Tensor:

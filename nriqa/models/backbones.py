@@ -37,6 +37,7 @@ class Backbone(nn.Module):
         self.is_vit = hasattr(self.net, "patch_embed") and hasattr(self.net, "num_prefix_tokens")
         self.num_prefix = getattr(self.net, "num_prefix_tokens", 0) if self.is_vit else 0
         self.has_cls = self.is_vit and getattr(self.net, "cls_token", None) is not None
+        self._freeze_unused(img_size)
         self.feature_dim = self.net.num_features
         self.width = width or self.feature_dim
         self.proj = nn.Identity() if self.width == self.feature_dim else nn.Linear(self.feature_dim, self.width)
@@ -46,6 +47,21 @@ class Backbone(nn.Module):
         std = LITE_STD if lite else cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _freeze_unused(self, img_size: int | None) -> None:
+        """Freeze parameters that ``forward_features`` never uses (e.g. ConvNeXt's head norm when
+        the classifier is dropped): DDP stops with an error on parameters that get no gradient."""
+        size = img_size or (self.net.pretrained_cfg.get("input_size") or (3, 224, 224))[-1]
+        if not self.is_vit:
+            size = min(size, 64)  # any size reaches every CNN parameter
+        was = self.net.training
+        self.net.eval()
+        self.net.forward_features(torch.zeros(1, 3, size, size)).float().sum().backward()
+        for p in self.net.parameters():
+            if p.requires_grad and p.grad is None:
+                p.requires_grad_(False)
+            p.grad = None
+        self.net.train(was)
 
     def freeze(self, prefixes: list[str], freeze_bn: bool = False) -> None:
         """Stop training the parameters under ``prefixes`` (``"*"``: all of the network)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,5 +48,8 @@ class PanelDecoder(nn.Module):
                                     average_attn_weights=True)
         q = q + out
         q = q + self.ffn(self.norm3(q))
-        members = self.head(q).squeeze(-1)
+        # Scores in fp32 even under autocast: bf16 keeps ~3 significant digits, which ties
+        # predictions and shifts rank correlations against the fp32 scorer.
+        with torch.autocast(q.device.type, enabled=False):
+            members = F.linear(q.float(), self.head.weight.float()).squeeze(-1)
         return DecoderOutput(members.mean(1), members, q, attn)

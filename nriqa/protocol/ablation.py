@@ -30,7 +30,15 @@ def run_ablation(recipe: str | None, method: str, overrides: list[str], output_d
     from nriqa.protocol.runner import run_protocol
 
     out = Path(output_dir)
-    chosen = [(n, o) for n, o in variants(method) if not only or n in only]
+    available = variants(method)
+    if method == "lml":  # CLS-attention saliency needs a ViT; skip it on other backbones
+        from nriqa.methods.lml import ablations_for
+        from nriqa.models.backbones import Backbone
+
+        base = load_config(recipe, overrides).model
+        available = ablations_for(
+            Backbone(base.backbone, weights="none", img_size=base.img_size, **base.backbone_kwargs).has_cls)
+    chosen = [(n, o) for n, o in available if not only or n in only]
     unknown = set(only or []) - {n for n, _ in chosen}
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; known: {[n for n, _ in variants(method)]}")

@@ -7,7 +7,9 @@ file and table names the protocol that produced it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 from nriqa.config import DataConfig, RunConfig, save_config
 from nriqa.data.splits import Split, make_split
 from nriqa.engine.train import fit
+from nriqa.errors import ConfigError, DataError
 from nriqa.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def load_table(data: DataConfig) -> pd.DataFrame:
 def split_for(cfg: RunConfig, table: pd.DataFrame, index: int) -> Split:
     s = cfg.split
     if s.file:
-        return Split.from_json(s.file, table, _root(cfg.data, table))
+        return Split.from_json(s.file, table, dataset_root(cfg.data, table))
     if s.mode == "official":
         ratios = (1.0, 0.0) if s.protocol == "paper" else s.ratios
         return make_split(table, mode="official", seed=s.seed, index=index, fraction=s.fraction,
@@ -43,33 +46,37 @@ def split_for(cfg: RunConfig, table: pd.DataFrame, index: int) -> Split:
                       ratios=s.ratios, dataset=cfg.data.dataset)
 
 
-def _root(data: DataConfig, table: pd.DataFrame) -> str:
-    import os
-
+def dataset_root(data: DataConfig, table: pd.DataFrame) -> str:
+    """The folder split files are relative to: the dataset root, else the images' common folder."""
     return data.root or os.path.commonpath(list(table["path"]))
 
 
 def run_protocol(cfg: RunConfig, n_splits: int | None = None) -> dict:
     """Train and test on ``n_splits`` splits; write per-split results and ``summary.json/.md``."""
+    n = n_splits or cfg.protocol.n_splits
+    if cfg.split.file and n > 1:
+        raise ConfigError("split.file gives one split: set protocol.n_splits=1")
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     table = load_table(cfg.data)
     cross = [(d, load_table(d)) for d in cfg.protocol.cross_datasets]
-    n = n_splits or cfg.protocol.n_splits
     per_split = []
     for i in range(n):
         split_dir = out / f"split_{i:02d}"
         done = split_dir / "results.json"
         if cfg.trainer.resume and done.is_file():
-            import json
-
             log.info("split %d already finished: %s", i, done)
-            per_split.append(json.loads(done.read_text()))
+            results = json.loads(done.read_text())
+            if cross and set(results.get("cross", {})) != {d.dataset for d, _ in cross}:
+                results["cross"] = {d.dataset: cross_evaluate(split_dir / "model.safetensors", d, t, cfg)
+                                    for d, t in cross}
+                atomic_write_json(done, results)
+            per_split.append(results)
             continue
         split = split_for(cfg, table, cfg.split.index + i)
         split_dir.mkdir(parents=True, exist_ok=True)
-        split.to_json(split_dir / "split.json", table, _root(cfg.data, table))
+        split.to_json(split_dir / "split.json", table, dataset_root(cfg.data, table))
         split_cfg = cfg.model_copy(deep=True)
         split_cfg.trainer.output_dir = str(split_dir)
         result = fit(split_cfg, table, split, split_dir)
@@ -86,16 +93,23 @@ def run_protocol(cfg: RunConfig, n_splits: int | None = None) -> dict:
 
 def cross_evaluate(model_path: Path, data: DataConfig, table: pd.DataFrame, cfg: RunConfig) -> dict:
     """Test a trained model on a whole other dataset (no training on it)."""
+    from nriqa.data.registry import get_spec
     from nriqa.metrics import evaluate
     from nriqa.outputs.scoring import Scorer
 
     scorer = Scorer.from_checkpoint(model_path, batch_size=cfg.data.eval_batch_size,
                                     num_workers=cfg.data.num_workers)
-    if data.resize:
-        scorer.resize = data.resize
+    scorer.resize = data.resize or get_spec(data.dataset).resize  # the target dataset's convention
     results = scorer.score_paths(list(table["path"]))
+    bad = [r.error for r in results if r.error]
+    if bad:
+        raise DataError(None, f"{len(bad)} image(s) of {data.dataset} could not be scored, e.g. {bad[0]}")
     pred = np.array([r.score for r in results])
-    return evaluate(pred, table["label"].to_numpy(), fit=cfg.protocol.fit)
+    y = table["label"].to_numpy()
+    metrics = evaluate(pred, y)
+    if cfg.protocol.fit != "none":
+        metrics |= evaluate(pred, y, fit=cfg.protocol.fit)
+    return metrics
 
 
 def summarise(per_split: list[dict], cfg: RunConfig) -> dict:
