@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nriqa.cli import main
 from nriqa.data import check
-from nriqa.data.check import check_dataset, main
+from nriqa.data.check import check_dataset
 from nriqa.data.readers import BAD_ROW, DUPLICATE, LABEL_FILE, MISSING_FILE, UNREADABLE
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from nriqa.data import registry
 from nriqa.data.readers import KINDS, LABEL_FILE, UNREADABLE, Problem
-from nriqa.errors import DataError, NriqaError
+from nriqa.errors import DataError
 
 
 @dataclass
@@ -245,19 +244,3 @@ def _number_or_text(value: str) -> object:
         except ValueError:
             pass
     return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nriqa.data.check datasets check NAME ROOT``: the sub-commands on their own."""
-    parser = argparse.ArgumentParser(prog="nriqa")
-    add_datasets_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except NriqaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
