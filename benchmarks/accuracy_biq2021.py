@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["deiqt"], choices=sorted(METHODS))
     ap.add_argument("--no-probe", action="store_true")
     ap.add_argument("--output-dir", default="runs/bench_biq2021")
+    ap.add_argument("--name", default="accuracy_biq2021", help="results file name under benchmarks/results")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args()
 
@@ -91,11 +92,20 @@ def main() -> None:
             m = probe(cfg, table, split)
             rows.append({"method": "ridge probe (frozen)", "seed": seed, "srcc": m["srcc"], "plcc": m["plcc"],
                          "minutes": (time.perf_counter() - t0) / 60})
+        baseline_model = None
         for name in args.methods:
-            run_cfg = load_config("cpu_biq2021", [*base, *METHODS[name],
+            extra = list(METHODS[name])
+            if name == "qfm" and baseline_model is not None:
+                # QFM-IQM's teacher is a DEIQT baseline fitted on the same training part: reuse
+                # the one this seed just trained instead of fitting an identical one again.
+                extra.append(f"method.qfm.teacher_checkpoint={baseline_model}")
+            run_cfg = load_config("cpu_biq2021", [*base, *extra,
                                                   f"trainer.output_dir={args.output_dir}/{name}/seed{seed}"])
             t0 = time.perf_counter()
-            res = fit(run_cfg, table, split, run_cfg.trainer.output_dir).results
+            result = fit(run_cfg, table, split, run_cfg.trainer.output_dir)
+            res = result.results
+            if name == "deiqt":
+                baseline_model = result.model_path
             rows.append({"method": name, "seed": seed, "srcc": res["test"]["srcc"], "plcc": res["test"]["plcc"],
                          "minutes": (time.perf_counter() - t0) / 60})
             print(rows[-1], flush=True)
@@ -111,7 +121,7 @@ def main() -> None:
     head = (f"BIQ2021 (4000-photo subset): train {args.train}, val {args.val}, test {args.test}; "
             f"recipe cpu_biq2021 {' '.join(args.overrides)}; honest selection on val; "
             f"mean over seeds {args.seeds}\n\n")
-    write_results("accuracy_biq2021", {"args": vars(args), "runs": rows, "summary": summary},
+    write_results(args.name, {"args": vars(args), "runs": rows, "summary": summary},
                   head + markdown(summary, ["method", "seeds", "srcc", "srcc_std", "plcc", "plcc_std", "minutes"]))
 
 
