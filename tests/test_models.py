@@ -166,3 +166,11 @@ def test_a_reloaded_checkpoint_keeps_the_pretrained_weights_normalisation(tmp_pa
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_backbones_can_be_built_under_no_grad_and_inference_mode():
+    with torch.no_grad():
+        Backbone("resnet10t")
+    with torch.inference_mode():
+        bb = tiny_vit()
+    assert all(p.requires_grad for p in bb.net.parameters())

@@ -56,7 +56,8 @@ class Backbone(nn.Module):
             size = min(size, 64)  # any size reaches every CNN parameter
         was = self.net.training
         self.net.eval()
-        self.net.forward_features(torch.zeros(1, 3, size, size)).float().sum().backward()
+        with torch.inference_mode(False), torch.enable_grad():  # also when built under no_grad
+            self.net.forward_features(torch.zeros(1, 3, size, size)).float().sum().backward()
         for p in self.net.parameters():
             if p.requires_grad and p.grad is None:
                 p.requires_grad_(False)
