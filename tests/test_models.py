@@ -170,7 +170,8 @@ def test_a_reloaded_checkpoint_keeps_the_pretrained_weights_normalisation(tmp_pa
 
 def test_backbones_can_be_built_under_no_grad_and_inference_mode():
     with torch.no_grad():
-        Backbone("resnet10t")
-    with torch.inference_mode():
-        bb = tiny_vit()
+        bb = Backbone("resnet10t")
     assert all(p.requires_grad for p in bb.net.parameters())
+    with torch.inference_mode():
+        vit = tiny_vit()
+        assert vit(torch.rand(1, 3, 32, 32))[0].shape == (1, 64)

@@ -54,9 +54,11 @@ class Backbone(nn.Module):
         size = img_size or (self.net.pretrained_cfg.get("input_size") or (3, 224, 224))[-1]
         if not self.is_vit:
             size = min(size, 64)  # any size reaches every CNN parameter
+        if torch.is_inference_mode_enabled():
+            return  # parameters made in inference mode can never be trained: nothing to find
         was = self.net.training
         self.net.eval()
-        with torch.inference_mode(False), torch.enable_grad():  # also when built under no_grad
+        with torch.enable_grad():  # also when built under no_grad
             self.net.forward_features(torch.zeros(1, 3, size, size)).float().sum().backward()
         for p in self.net.parameters():
             if p.requires_grad and p.grad is None:
