@@ -61,6 +61,12 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
         "",
         f"Wall time (build data + train + test): {train_seconds:.0f} s.",
         "",
+        "Read these numbers as a check that the whole pipeline runs, not as a quality claim: the "
+        "labels are a full-reference proxy (SSIM), which is not comparable across contents, and the "
+        "test part is only the held-out reference photos, so a blind model must rank distortions "
+        "on contents it never saw from a few minutes of CPU training. The models for real photos "
+        "are measured in BENCHMARKS.md.",
+        "",
         "![predicted vs label](scatter.png)",
         "",
         "Scores of a few held-out images (`nriqa score`, [0, 1], higher = better):",
