@@ -31,6 +31,10 @@ METHODS = {
     "qfm-no-teacher": ["method.name=qfm", "method.qfm.teacher=false", "method.qfm.kd=false"],
     "lml": ["method.name=lml"],
     "lml-alpha-0": ["method.name=lml", "method.lml.alpha=0"],
+    # LML-IQA's batch is B images x K crops: with B = 4 and K = 4 a step sees the 16 crops of a
+    # DEIQT step, so both take the same number of optimiser steps for the same crop budget.
+    "lml-b4": ["method.name=lml", "data.batch_size=4"],
+    "lml-alpha-0-b4": ["method.name=lml", "method.lml.alpha=0", "data.batch_size=4"],
 }
 
 
