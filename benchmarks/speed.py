@@ -32,6 +32,7 @@ METHODS = {
     "qfm-no-teacher": ["method.name=qfm", "method.qfm.teacher=false", "method.qfm.kd=false"],
     "qfm": ["method.name=qfm"],
     "lml": ["method.name=lml"],
+    "lml-b4": ["method.name=lml", "data.batch_size=4"],
 }
 
 
