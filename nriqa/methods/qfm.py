@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nriqa.engine.sampling import dist_info
 from nriqa.errors import ConfigError
 from nriqa.methods.base import Method, StepContext
 
@@ -67,12 +68,6 @@ def default_capacity(train_size: int | None) -> int:
     if not train_size:
         return MAX_DEFAULT_CAPACITY
     return max(1, min(2 * int(train_size), MAX_DEFAULT_CAPACITY))
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _as_vector(value, n: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -172,7 +167,7 @@ class FeatureMemory(nn.Module):
         groups = _as_vector(groups, n, torch.long, device)
         source = _as_vector(source, n, torch.long, device)
         index = _as_vector(-1 if index is None else index, n, torch.long, device)
-        _, world = _dist()
+        _, world = dist_info()
         if self.distributed and world > 1:
             c, tokens, labels, groups, source, index = self._gather(c, tokens, labels, groups,
                                                                     source, index)
@@ -391,7 +386,7 @@ class QFMMethod(Method):
 
     # ---------------------------------------------------------------- fit start
     def on_fit_start(self, module) -> None:
-        rank, _ = _dist()
+        rank, _ = dist_info()
         self.generator.manual_seed(self._generator_seed(rank))
         self._exclude_memory_from_ddp_sync(module)
         if self.memory is not None:
@@ -452,7 +447,7 @@ class QFMMethod(Method):
         if n <= 0:
             return
         order = np.random.default_rng([self.seed, 0x0F3]).permutation(len(table))[:n]
-        rank, world = _dist()
+        rank, world = dist_info()
         per_rank = math.ceil(n / world)
         order = np.resize(order, per_rank * world)  # pad by repeating, so every rank pushes alike
         mine = order[rank * per_rank:(rank + 1) * per_rank].tolist()
@@ -492,7 +487,7 @@ class QFMMethod(Method):
         paths = find_images([folder], recursive=True)
         if not paths:
             raise ConfigError(f"{folder}: no images to pseudo-label (method.qfm.pseudo_label_dir)")
-        rank, world = _dist()
+        rank, world = dist_info()
         positions = list(range(rank, len(paths), world))
         resize, _ = self._settings()
         d = self.data_cfg
