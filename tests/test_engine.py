@@ -159,3 +159,19 @@ def test_unused_backbone_parameters_are_frozen_for_ddp():
     c, tokens = bb(torch.rand(1, 3, 64, 64))
     (c.sum() + tokens.sum()).backward()
     assert all(p.grad is not None for p in bb.net.parameters() if p.requires_grad)
+
+
+def test_freeze_bn_keeps_every_batchnorm_statistic_through_training(tmp_path, table):
+    """Lightning sets each submodule's training flag itself: the freeze must hold regardless."""
+    cfg = tiny_config(tmp_path, "model.backbone=resnet10t", "model.img_size=null",
+                      "model.backbone_kwargs={}", "model.freeze_bn=true", "optim.epochs=1")
+    split = make_split(table, mode="honest", seed=0)
+    start = DEIQT.from_config(cfg.model).state_dict()
+    result = fit(cfg, table, split, tmp_path / "run")
+    trained = load_model(result.model_path)[0].state_dict()
+    bn_buffers = [k for k in start if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(bn_buffers) >= 3 * 10
+    for key in bn_buffers:
+        assert torch.equal(trained[key], start[key]), key
+    # the weights did train
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("decoder."))

@@ -22,6 +22,28 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+def _bn_in_eval(module: nn.Module, _args) -> None:
+    module.training = False
+
+
+def freeze_bn_statistics(net: nn.Module) -> int:
+    """Make every BatchNorm layer of ``net`` normalise with its running statistics and never
+    update them, whatever calls ``train()``: the layer itself switches to eval before each forward.
+
+    Setting ``eval()`` once is not enough: Lightning restores each submodule's training flag
+    directly (not through ``train()``), so an overridden ``train`` never runs. Fine-tuning on small
+    IQA batches would otherwise overwrite the ImageNet statistics. The affine weights still train
+    unless their layer is frozen. Returns the number of layers frozen."""
+    count = 0
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, "_nriqa_frozen_bn", False):
+            m.register_forward_pre_hook(_bn_in_eval)
+            m._nriqa_frozen_bn = True
+            m.eval()
+            count += 1
+    return count
+
+
 class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
                  img_size: int | None = None, trained_with: str | None = None, **timm_kwargs):
@@ -67,20 +89,13 @@ class Backbone(nn.Module):
         self.net.train(was)
 
     def freeze(self, prefixes: list[str], freeze_bn: bool = False) -> None:
-        """Stop training the parameters under ``prefixes`` (``"*"``: all of the network)."""
+        """Stop training the parameters under ``prefixes`` (``"*"``: all of the network); with
+        ``freeze_bn``, every BatchNorm layer keeps its (ImageNet) running statistics."""
         for name, p in self.net.named_parameters():
             if any(pre == "*" or name == pre or name.startswith(pre + ".") for pre in prefixes):
                 p.requires_grad_(False)
-        self.freeze_bn = freeze_bn
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and getattr(self, "freeze_bn", False):
-            # Fine-tuning on small IQA batches would overwrite the ImageNet statistics.
-            for m in self.net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        if freeze_bn:
+            freeze_bn_statistics(self.net)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (to_unit(x) - self.mean) / self.std
