@@ -156,6 +156,8 @@ class TrainerConfig(Section):
     progress_bar: bool = True
     limit_train_batches: int | float | None = None
     deterministic: bool = False
+    feature_cache: bool = Field(False, description="frozen backbone only (model.freeze=['*'], freeze_bn): cache its features once and train the decoder on them (same model, far less compute; single process)")
+    feature_cache_dir: str | None = Field(None, description="where the feature cache lives; None: output_dir/features (share it between runs on the same images)")
 
 
 class ProtocolConfig(Section):

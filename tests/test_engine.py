@@ -163,7 +163,7 @@ def test_unused_backbone_parameters_are_frozen_for_ddp():
 
 def test_freeze_bn_keeps_every_batchnorm_statistic_through_training(tmp_path, table):
     """Lightning sets each submodule's training flag itself: the freeze must hold regardless."""
-    cfg = tiny_config(tmp_path, "model.backbone=resnet10t", "model.img_size=null",
+    cfg = tiny_config(tmp_path, "model.backbone=test_efficientnet", "model.img_size=null",
                       "model.backbone_kwargs={}", "model.freeze_bn=true", "optim.epochs=1")
     split = make_split(table, mode="honest", seed=0)
     start = DEIQT.from_config(cfg.model).state_dict()

@@ -123,6 +123,10 @@ def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: in
 def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Path,
               split: Split | None = None, callbacks: tuple = ()) -> FitResult:
     out_dir = Path(out_dir)
+    if cfg.trainer.feature_cache:
+        from nriqa.engine.frozen import fit_frozen
+
+        return fit_frozen(cfg, parts, out_dir, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     settings = resolve_data_settings(cfg)
@@ -202,8 +206,10 @@ def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, setti
 
 
 @torch.no_grad()
-def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings) -> dict:
-    """Metrics of ``model`` on ``table`` in this process (no trainer)."""
+def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings,
+                    return_predictions: bool = False) -> dict:
+    """Metrics of ``model`` on ``table`` in this process (no trainer); with
+    ``return_predictions`` also the scores, in table order, under ``"predictions"``."""
     from nriqa.engine.data import eval_dataset, eval_loader
     from nriqa.metrics import evaluate
 
@@ -213,7 +219,9 @@ def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings) -> dic
     preds = [model.score_crops(b["image"].to(device)).float().cpu()
              for b in eval_loader(cfg, eval_dataset(cfg, table, settings), 0, 1)]
     model.train(was)
-    return evaluate(torch.cat(preds).numpy(), table["label"].to_numpy())
+    scores = torch.cat(preds).numpy()
+    metrics = evaluate(scores, table["label"].to_numpy())
+    return {**metrics, "predictions": scores} if return_predictions else metrics
 
 
 def _write_predictions(path: Path, table: pd.DataFrame, arr) -> None:

@@ -102,6 +102,11 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels ``(B,3,H,W)`` -> ``c (B,width)``, ``P (B,N,width)``."""
+        return self.project(*self.raw_features(x))
+
+    def raw_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's own ``c (B,C)`` and ``P (B,N,C)``, before the projection to the decoder
+        width: what a frozen network always gives for the same pixels (so it can be cached)."""
         feats = self.net.forward_features(self.normalise(x))
         if self.is_vit:
             tokens = feats[:, self.num_prefix:]
@@ -109,6 +114,9 @@ class Backbone(nn.Module):
         else:
             tokens = feats.flatten(2).transpose(1, 2)
             glob = tokens.mean(1)
+        return glob, tokens
+
+    def project(self, glob: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.proj(glob), self.proj(tokens)
 
     @torch.no_grad()

@@ -1,0 +1,248 @@
+"""Training DEIQT's decoder on cached features of a frozen backbone (``trainer.feature_cache``).
+
+When the whole backbone is frozen (``model.freeze=['*']`` with ``model.freeze_bn=true``) and every
+image is seen through the same deterministic crops in training as in evaluation, the backbone gives
+the same output for an image at every epoch. Computing it once and training the projection and the
+attention-panel decoder on the cache trains the same model the engine would train with those
+settings, at a fraction of the cost: on a CPU the backbone's forward pass is nearly all of a step.
+This is how nriqa's shipped model is trained on 2 CPU cores (docs/models.md).
+
+The cache (``<output_dir>/features`` unless ``trainer.feature_cache_dir`` is set) is keyed by the
+backbone, its weights, the crop policy and the image list, filled in chunks and resumable: a killed
+run continues from the last finished chunk, and the decoder training that follows (minutes) is
+deterministic, so a rerun ends with the same model. Features are stored in float16 (half the disk
+and memory); the exported model scores in float32 through the full network, and the reported test
+metrics are computed that way, by :func:`nriqa.engine.train.predict_metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from nriqa.config import RunConfig, save_config
+from nriqa.engine.data import DataSettings, eval_dataset, resolve_data_settings
+from nriqa.engine.schedule import lr_at
+from nriqa.errors import ConfigError
+from nriqa.io import atomic_write_json
+from nriqa.metrics import evaluate
+from nriqa.models import DEIQT
+from nriqa.outputs.checkpoint import inference_meta, save_model
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images per cache chunk: the most a killed extraction loses
+
+
+def check_frozen(cfg: RunConfig) -> None:
+    """The cache is exact only for a fully frozen backbone, seen through fixed crops."""
+    problems = []
+    if cfg.model.freeze != ["*"]:
+        problems.append("model.freeze=['*'] (the whole backbone frozen)")
+    if not cfg.model.freeze_bn:
+        problems.append("model.freeze_bn=true")
+    if cfg.method.name != "deiqt":
+        problems.append("method.name=deiqt (methods change the features during training)")
+    if problems:
+        raise ConfigError("trainer.feature_cache=true needs " + ", ".join(problems))
+
+
+class FeatureCache:
+    """The frozen backbone's ``c`` and ``P`` for every crop of every image of a table, on disk."""
+
+    def __init__(self, folder: Path, key: str, n_items: int):
+        self.folder, self.key, self.n_items = folder, key, n_items
+        self.manifest = folder / "manifest.json"
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, table: pd.DataFrame, settings: DataSettings, folder: Path):
+        facts = {"backbone": cfg.model.backbone, "weights": cfg.model.weights,
+                 "img_size": cfg.model.img_size, "kwargs": cfg.model.backbone_kwargs,
+                 "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
+                          settings.resize, cfg.data.small_image],
+                 "paths": [str(p) for p in table["path"]]}
+        key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+        return cls(folder / key, key, len(table))
+
+    def _state(self) -> dict:
+        return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {"done": 0}
+
+    def fill(self, model: DEIQT, dataset, batch_size: int, num_workers: int, progress: bool) -> None:
+        """Compute what is missing, a chunk at a time (each chunk's files renamed into place)."""
+        from torch.utils.data import DataLoader, Subset
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = self._state()["done"]
+        if done >= self.n_items:
+            return
+        backbone = model.backbone.eval()
+        bar = _progress(self.n_items, done, "caching frozen features", progress)
+        for start in range(done, self.n_items, CHUNK):
+            part = Subset(dataset, range(start, min(start + CHUNK, self.n_items)))
+            globs, tokens = [], []
+            with torch.inference_mode():
+                for batch in DataLoader(part, batch_size=batch_size, num_workers=num_workers):
+                    crops = batch["image"]  # (B, K, 3, S, S)
+                    g, t = backbone.raw_features(crops.flatten(0, 1))
+                    globs.append(g.view(*crops.shape[:2], -1).half())
+                    tokens.append(t.view(*crops.shape[:2], *t.shape[1:]).half())
+                    bar.update(len(crops))
+            np.save(self._chunk(start, "tmp-glob"), torch.cat(globs).numpy())
+            np.save(self._chunk(start, "tmp-tokens"), torch.cat(tokens).numpy())
+            self._chunk(start, "tmp-glob").replace(self._chunk(start, "glob"))
+            self._chunk(start, "tmp-tokens").replace(self._chunk(start, "tokens"))
+            atomic_write_json(self.manifest, {"key": self.key, "done": start + len(part),
+                                              "items": self.n_items})
+        bar.close()
+
+    def _chunk(self, start: int, kind: str) -> Path:
+        return self.folder / f"{kind}-{start:07d}.npy"
+
+    def load(self, rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``c (N,K,C)`` and ``P (N,K,T,C)`` (float16) of the given rows (all when None)."""
+        starts = range(0, self.n_items, CHUNK)
+        glob = np.concatenate([np.load(self._chunk(s, "glob"), mmap_mode="r") for s in starts])
+        tokens = np.concatenate([np.load(self._chunk(s, "tokens"), mmap_mode="r") for s in starts])
+        if rows is not None:
+            glob, tokens = glob[rows], tokens[rows]
+        return torch.from_numpy(np.ascontiguousarray(glob)), torch.from_numpy(np.ascontiguousarray(tokens))
+
+
+def _progress(total: int, done: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="img", disable=not enabled)
+
+
+class CachedHead(nn.Module):
+    """The trainable part of a frozen-backbone DEIQT: projection + decoder, on cached features."""
+
+    def __init__(self, model: DEIQT):
+        super().__init__()
+        self.proj, self.decoder = model.backbone.proj, model.decoder
+
+    def forward(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,)`` the mean score over each image's K crops."""
+        b, k = glob.shape[:2]
+        c, p = self.proj(glob.flatten(0, 1).float()), self.proj(tokens.flatten(0, 1).float())
+        return self.decoder(c, p).score.view(b, k).mean(1)
+
+
+def _scores(head: CachedHead, glob, tokens, batch: int = 64) -> np.ndarray:
+    was = head.training
+    head.eval()
+    with torch.no_grad():
+        out = torch.cat([head(glob[i:i + batch], tokens[i:i + batch]) for i in range(0, len(glob), batch)])
+    head.train(was)
+    return out.numpy()
+
+
+def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, list[dict]]:
+    """DEIQT's loss, optimiser and schedule over cached features; returns the state with the best
+    selection PLCC and the per-epoch log. Deterministic for a seed."""
+    (g_tr, t_tr, y_tr), (g_sel, t_sel, y_sel) = train, select
+    torch.manual_seed(cfg.trainer.seed)
+    o = cfg.optim
+    params = [p for p in head.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
+    loss_fn = nn.SmoothL1Loss(beta=o.loss_beta)
+    bs = cfg.data.batch_size
+    steps_per_epoch = max(1, math.floor(len(y_tr) / bs))
+    gen = torch.Generator().manual_seed(cfg.trainer.seed)
+    best, best_plcc, history, step = None, -math.inf, [], 0
+    for epoch in range(o.epochs):
+        t0, total = time.time(), 0.0
+        order = torch.randperm(len(y_tr), generator=gen)
+        for i in range(steps_per_epoch):
+            rows = order[i * bs:(i + 1) * bs]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps_per_epoch, o)
+            loss = loss_fn(head(g_tr[rows], t_tr[rows]), y_tr[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip:
+                nn.utils.clip_grad_norm_(params, o.grad_clip)
+            opt.step()
+            total += float(loss.detach())
+            step += 1
+        metrics = evaluate(_scores(head, g_sel, t_sel), y_sel.numpy())
+        history.append({"epoch": epoch, "train_loss": total / steps_per_epoch,
+                        "val_srcc": metrics["srcc"], "val_plcc": metrics["plcc"],
+                        "seconds": time.time() - t0})
+        log.info("epoch %d: loss %.4f, selection SRCC %.4f PLCC %.4f", epoch,
+                 history[-1]["train_loss"], metrics["srcc"], metrics["plcc"])
+        if cfg.trainer.progress_bar:
+            print(f"epoch {epoch + 1}/{o.epochs}: loss {history[-1]['train_loss']:.4f}  "
+                  f"val SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}", flush=True)
+        if metrics["plcc"] > best_plcc:
+            best_plcc, selected = metrics["plcc"], epoch
+            best = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    for h in history:
+        h["selected"] = h["epoch"] == selected
+    return best, history
+
+
+def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None):
+    """Like :func:`nriqa.engine.train.fit_parts`, for a frozen backbone: cache, train, select,
+    test through the full exported network, export."""
+    from nriqa.engine.train import FitResult, _write_predictions, predict_metrics
+
+    check_frozen(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    settings = resolve_data_settings(cfg)
+    torch.manual_seed(cfg.trainer.seed)
+    model = DEIQT.from_config(cfg.model)
+    folder = Path(cfg.trainer.feature_cache_dir or out_dir / "features")
+    features = {}
+    for name in ("train", "select"):
+        table = parts[name]
+        cache = FeatureCache.for_run(cfg, table, settings, folder)
+        cache.fill(model, eval_dataset(cfg, table, settings), cfg.data.eval_batch_size,
+                   cfg.data.num_workers, cfg.trainer.progress_bar)
+        glob, tokens = cache.load()
+        features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))
+    head = CachedHead(model)
+    best, history = train_head(cfg, head, features["train"], features["select"])
+    head.load_state_dict(best)
+    meta = inference_meta(cfg, settings)
+    model_path = save_model(model, meta, out_dir / "model.safetensors")
+    # The test part is scored once, by the exported network itself (float32, no cache).
+    model.eval()
+    test = predict_metrics(model, parts["test"], cfg, settings, return_predictions=True)
+    preds = test.pop("predictions")
+    selected = next(h["epoch"] for h in history if h["selected"])
+    results = {
+        "protocol": cfg.split.protocol,
+        "selection": "best val PLCC" if cfg.split.protocol == "honest"
+        else "best test PLCC (paper protocol: optimistic)",
+        "selected_epoch": selected,
+        "select_plcc": max(h["val_plcc"] for h in history),
+        "test": test,
+        "history": history,
+        "exported": "student",
+        "sizes": {k: len(v) for k, v in parts.items()},
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "training": "decoder on cached features of the frozen backbone (trainer.feature_cache)",
+    }
+    if split is not None:
+        results["split"] = {"index": split.index, "seed": split.seed, "mode": split.mode,
+                            "fraction": split.fraction}
+    atomic_write_json(out_dir / "results.json", results)
+    rows = np.arange(len(parts["test"]))
+    _write_predictions(out_dir / "test_predictions.csv", parts["test"],
+                       np.stack([rows, preds, parts["test"]["label"].to_numpy()], 1))
+    return FitResult(out_dir, model_path, results)

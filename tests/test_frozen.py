@@ -1,0 +1,93 @@
+"""Training the decoder on cached features of a frozen backbone (trainer.feature_cache)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config, tiny_images
+
+from nriqa.data.splits import make_split
+from nriqa.engine import frozen
+from nriqa.engine.data import eval_dataset, resolve_data_settings, subset
+from nriqa.engine.train import fit
+from nriqa.errors import ConfigError
+from nriqa.models import DEIQT
+from nriqa.outputs.checkpoint import load_model
+from nriqa.outputs.scoring import Scorer
+
+FROZEN = ["model.backbone=test_efficientnet", "model.img_size=null", "model.backbone_kwargs={}",
+          "model.freeze=['*']", "model.freeze_bn=true", "trainer.feature_cache=true",
+          "data.patch_num=2", "optim.epochs=3", "optim.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return tiny_images(tmp_path_factory.mktemp("imgs"), n_groups=6, per_group=4)
+
+
+def test_needs_a_fully_frozen_backbone(tmp_path, table):
+    cfg = tiny_config(tmp_path, "trainer.feature_cache=true")
+    with pytest.raises(ConfigError, match=r"model.freeze=\['\*'\].*freeze_bn"):
+        fit(cfg, table, make_split(table, mode="honest", seed=0), tmp_path / "run")
+
+
+def test_trains_selects_and_tests_the_exported_network(tmp_path, table):
+    cfg = tiny_config(tmp_path, *FROZEN)
+    split = make_split(table, mode="honest", seed=0)
+    result = fit(cfg, table, split, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["selection"] == "best val PLCC" and len(res["history"]) == 3
+    assert res["selected_epoch"] == max(res["history"], key=lambda h: h["val_plcc"])["epoch"]
+    # the backbone left untouched, the decoder trained
+    model, meta = load_model(result.model_path)
+    torch.manual_seed(cfg.trainer.seed)
+    start = DEIQT.from_config(cfg.model).state_dict()
+    trained = model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in start.items() if k.startswith("backbone.net."))
+    assert not torch.equal(trained["decoder.queries"], start["decoder.queries"])
+    # the reported test metrics are those of the exported file, scored as `nriqa score` does
+    scorer = Scorer.from_checkpoint(result.model_path)
+    test = subset(table, split.test)
+    scores = np.array([r.score for r in scorer.score_paths(list(test["path"]))])
+    preds = np.loadtxt(tmp_path / "run" / "test_predictions.csv", delimiter=",", skiprows=1,
+                       usecols=1)
+    np.testing.assert_allclose(scores, preds, atol=1e-5)
+    assert meta["test_patch_num"] == 2
+
+
+def test_deterministic_and_cache_resumes_to_the_same_features(tmp_path, table, monkeypatch):
+    monkeypatch.setattr(frozen, "CHUNK", 4)
+    cfg = tiny_config(tmp_path, *FROZEN)
+    settings = resolve_data_settings(cfg)
+    model = DEIQT.from_config(cfg.model)
+    whole = frozen.FeatureCache.for_run(cfg, table, settings, tmp_path / "a")
+    whole.fill(model, eval_dataset(cfg, table, settings), 4, 0, False)
+
+    class Dies:  # an extraction killed after the first two chunks
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            if i >= 8:
+                raise RuntimeError("killed")
+            return self.ds[i]
+
+    resumed = frozen.FeatureCache.for_run(cfg, table, settings, tmp_path / "b")
+    with pytest.raises(RuntimeError, match="killed"):
+        resumed.fill(model, Dies(eval_dataset(cfg, table, settings)), 4, 0, False)
+    assert json.loads(resumed.manifest.read_text())["done"] == 8
+    resumed.fill(model, eval_dataset(cfg, table, settings), 4, 0, False)
+    for a, b in zip(whole.load(), resumed.load()):
+        assert torch.equal(a, b)
+
+    split = make_split(table, mode="honest", seed=0)
+    one = fit(cfg, table, split, tmp_path / "one").model_path
+    two = fit(cfg, table, split, tmp_path / "two").model_path
+    assert all(torch.equal(load_model(one)[0].state_dict()[k], v)
+               for k, v in load_model(two)[0].state_dict().items())
