@@ -5,7 +5,8 @@
     nriqa train --config RECIPE [k=v ...]        one split: fit, select, test, export
     nriqa protocol --config RECIPE [k=v ...]     N splits (honest or paper), cross-dataset, summary
     nriqa evaluate --checkpoint M --dataset D    metrics of a trained model on a labelled dataset
-    nriqa score PATH... --checkpoint M           scores of images (CSV/JSON)
+    nriqa score PATH... [--model M]              scores of images (CSV/JSON); default: the shipped model
+    nriqa models list | show NAME                the shipped pretrained models and their cards
     nriqa recipes                                the bundled recipes
 """
 
@@ -72,7 +73,7 @@ def cmd_evaluate(args) -> int:
 
         split = Split.from_json(args.split_file, table, args.root or os.path.commonpath(list(table["path"])))
         table = table.iloc[getattr(split, args.part)].reset_index(drop=True)
-    scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    scorer = Scorer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
     results = scorer.score_paths(list(table["path"]), progress=not args.quiet)
     bad = [r for r in results if r.error]
     if bad:
@@ -80,7 +81,8 @@ def cmd_evaluate(args) -> int:
             print(f"error: {r.error}", file=sys.stderr)
         raise NriqaError(f"{len(bad)} image(s) could not be scored; see above")
     metrics = evaluate([r.score for r in results], table["label"].to_numpy(), fit=args.fit)
-    print(json.dumps({"dataset": args.dataset, "images": len(table), **metrics}, indent=2))
+    print(json.dumps({"dataset": args.dataset, "model": scorer.source, "images": len(table),
+                      **metrics}, indent=2))
     return 0
 
 
@@ -98,8 +100,10 @@ def cmd_score(args) -> int:
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise NriqaError("no images found in " + ", ".join(args.paths))
-    scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
+    scorer = Scorer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
                                     num_workers=args.workers)
+    if not args.quiet:
+        print(f"nriqa: scoring {len(paths)} image(s) with {scorer.source}", file=sys.stderr)
     results = scorer.score_paths(paths, progress=not args.quiet)
     if args.output:
         write_scores(results, args.output)
@@ -111,6 +115,28 @@ def cmd_score(args) -> int:
     if failed:
         print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)", file=sys.stderr)
     return 1 if failed == len(results) else 0
+
+
+def cmd_models(args) -> int:
+    from nriqa.outputs.zoo import DEFAULT_MODEL, card, registry, verified_file
+
+    if args.action == "list":
+        models = registry()
+        if not models:
+            print("no pretrained models are installed")
+            return 0
+        width = max(len(n) for n in models)
+        for name, model in models.items():
+            mark = "*" if name == DEFAULT_MODEL else " "
+            print(f"{mark} {name:<{width}}  {model.headline()}  -  {model.summary}")
+        print(f"(* the default: `nriqa score PATH` uses {DEFAULT_MODEL})")
+        return 0
+    model = card(args.name)
+    verified_file(model)  # the card is only worth showing for the file it describes
+    print(json.dumps({"name": model.name, "default": model.name == DEFAULT_MODEL,
+                      "file": str(model.path()), **{k: v for k, v in vars(model).items()
+                                                    if k not in {"name", "file"}}}, indent=2))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -153,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("evaluate", help="metrics of a trained model on a labelled dataset")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", "--checkpoint", "-m", dest="model", default="default",
+                   help="a shipped model name, a .safetensors file or hf:OWNER/REPO/FILE")
     p.add_argument("--dataset", required=True)
     p.add_argument("--root")
     p.add_argument("--layout", default="auto")
@@ -170,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score images with a trained model")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", "--checkpoint", "-m", dest="model", default="default",
+                   help="a shipped model name (nriqa models list), a .safetensors file, or "
+                        "hf:OWNER/REPO/FILE (downloaded into the Hugging Face cache); default: "
+                        "the default shipped model")
     p.add_argument("--recursive", "-r", action="store_true")
     p.add_argument("--output", "-o", help="FILE.csv or FILE.json (columns path,score,error)")
     p.add_argument("--device")
@@ -178,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("models", help="the shipped pretrained models")
+    models = p.add_subparsers(dest="action", required=True)
+    models.add_parser("list", help="every shipped model with its headline metrics")
+    show = models.add_parser("show", help="one model's card: data, licence, recipe, metrics")
+    show.add_argument("name")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=cmd_recipes)

@@ -74,6 +74,8 @@ class ModelConfig(Section):
     img_size: int | None = Field(None, description="ViT input size if not the backbone's default")
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments (depth, drop_path_rate, ...)")
     freeze: list[str] = Field(default_factory=list, description="timm parameter-name prefixes of the backbone kept frozen, e.g. [conv_stem, bn1, blocks.0]; ['*'] freezes it all")
+    readout: Literal["default", "stats"] = Field("default", description="the global feature c: default (ViT CLS token / CNN mean of the last map); stats (CNNs: per-channel mean and std of every stage's map, its own projection)")
+    token_pool: int = Field(1, gt=0, description="CNNs: average-pool the last map by this factor before it becomes the decoder's tokens")
     freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
 
     @model_validator(mode="after")

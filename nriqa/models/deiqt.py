@@ -25,7 +25,8 @@ class DEIQT(nn.Module):
     def from_config(cls, cfg, weights: str | None = None) -> DEIQT:
         """Build from a :class:`nriqa.config.ModelConfig`; ``weights`` overrides ``cfg.weights``."""
         backbone = Backbone(cfg.backbone, weights=weights or cfg.weights, width=cfg.width,
-                            img_size=cfg.img_size, trained_with=cfg.weights, **cfg.backbone_kwargs)
+                            img_size=cfg.img_size, trained_with=cfg.weights, readout=cfg.readout, token_pool=cfg.token_pool,
+                            **cfg.backbone_kwargs)
         if cfg.freeze or cfg.freeze_bn:
             backbone.freeze(cfg.freeze, cfg.freeze_bn)
         decoder = PanelDecoder(cfg.width, cfg.heads, cfg.queries, cfg.ffn_ratio, cfg.dropout)

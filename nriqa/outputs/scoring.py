@@ -44,6 +44,7 @@ class Scorer:
         self.crop_size, self.patch_num, self.test_crops = crop_size, patch_num, test_crops
         self.resize, self.small_image = resize, small_image
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.source = ""  # which model, in words (set by the constructors below)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device=None, **overrides) -> Scorer:
@@ -51,7 +52,20 @@ class Scorer:
         settings = {"crop_size": meta["crop_size"], "patch_num": meta["test_patch_num"],
                     "test_crops": meta["test_crops"], "resize": meta["resize"],
                     "small_image": meta["small_image"]}
-        return cls(model, device=device, **(settings | overrides))
+        scorer = cls(model, device=device, **(settings | overrides))
+        scorer.source = str(path)
+        return scorer
+
+    @classmethod
+    def from_pretrained(cls, name: str = "default", device=None, **overrides) -> Scorer:
+        """A shipped model by name (``nriqa models list``), a model file, or ``hf:OWNER/REPO/FILE``;
+        a shipped file is checked against its card's sha256 first."""
+        from nriqa.outputs.zoo import resolve_model
+
+        path, label = resolve_model(name)
+        scorer = cls.from_checkpoint(path, device=device, **overrides)
+        scorer.source = label
+        return scorer
 
     @torch.inference_mode()
     def score_crops(self, crops: torch.Tensor) -> torch.Tensor:
