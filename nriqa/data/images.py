@@ -45,12 +45,7 @@ def load_image(path: str | Path) -> Image.Image:
         # We own the file object, so it is closed here whatever the format (Pillow keeps files it
         # opened itself open for multi-frame images); the decoded pixels outlive it.
         with open(path, "rb") as fh:
-            img = Image.open(fh)
-            img.load()
-            if img.width == 0 or img.height == 0:
-                raise ImageError(path, f"image has zero size ({img.width}x{img.height})")
-            ImageOps.exif_transpose(img, in_place=True)
-            return to_rgb(img, path)
+            return decode_image(Image.open(fh), path, in_place=True)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -61,6 +56,19 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(
             path, f"corrupt or truncated image ({type(err).__name__}: {err})"
         ) from None
+
+
+def decode_image(img: Image.Image, path: str | Path | None = None, in_place: bool = False) -> Image.Image:
+    """An opened image as :func:`load_image` returns it: fully decoded, EXIF orientation applied,
+    8-bit RGB. ``img`` itself is changed only when ``in_place`` (the caller's own image is not)."""
+    img.load()
+    if img.width == 0 or img.height == 0:
+        raise ImageError(path, f"image has zero size ({img.width}x{img.height})")
+    if in_place:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img, path)
 
 
 def _check_file(path: Path) -> None:

@@ -24,7 +24,13 @@ from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings
 from nriqa.engine.module import IQAModule
 from nriqa.errors import ConfigError
 from nriqa.io import atomic_write_json
-from nriqa.outputs.checkpoint import inference_meta, load_model, save_model
+from nriqa.outputs.checkpoint import (
+    complete_meta,
+    inference_meta,
+    load_model,
+    read_checkpoint,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +137,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     # or found in a shared teacher folder.
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = IQAModule(cfg, context=context)
-    module.meta = inference_meta(cfg, settings)
+    module.meta = complete_meta(module.model, inference_meta(cfg, settings))
     data = IQADataModule(cfg, parts["train"], parts["select"], parts["test"],
                          module.crops_per_image, module.needs_full_image, settings)
     ckpt_dir = out_dir / "checkpoints"
@@ -142,13 +148,13 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     resume = str(last) if cfg.trainer.resume and last.is_file() else None
     if cfg.trainer.resume and resume is None:
         log.warning("resume requested but %s does not exist: starting from scratch", last)
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
 
     # Test the last epoch, then the selected one.
     trainer.test(module, datamodule=data, verbose=False)
     test_last = module.last_eval.get("test", {}).get("metrics")
     best_path = select.best_model_path or str(last)
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = read_checkpoint(best_path)
     module.load_state_dict(best["state_dict"])
     exported = choose_export(module, parts["select"], cfg, settings, trainer.strategy.root_device)
     trainer.test(module, datamodule=data, verbose=False)

@@ -98,8 +98,8 @@ def cross_evaluate(model_path: Path, data: DataConfig, table: pd.DataFrame, cfg:
     from nriqa.outputs.scoring import Scorer
 
     scorer = Scorer.from_checkpoint(model_path, batch_size=cfg.data.eval_batch_size,
-                                    num_workers=cfg.data.num_workers)
-    scorer.resize = data.resize or get_spec(data.dataset).resize  # the target dataset's convention
+                                    num_workers=cfg.data.num_workers,
+                                    resize=data.resize or get_spec(data.dataset).resize)  # the target dataset's convention
     results = scorer.score_paths(list(table["path"]))
     bad = [r.error for r in results if r.error]
     if bad:
