@@ -20,6 +20,8 @@ EXIF orientation is applied first, so a phone photo is scored the way it is disp
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +74,19 @@ def decode_image(img: Image.Image, path: str | Path | None = None, in_place: boo
 
 
 def _check_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ImageError(path, "symbolic link loop") from None
+        raise ImageError(path, f"dangling symbolic link (to {os.readlink(path)!r}, "
+                               "which does not exist)")
     if not path.exists():
         raise ImageError(path, "file not found")
+    if path.is_dir():
+        link = " (a symbolic link to a folder: a loop?)" if path.is_symlink() else ""
+        raise ImageError(path, f"not a file but a folder{link}")
     if not path.is_file():
         raise ImageError(path, "not a file")
     if path.stat().st_size == 0:

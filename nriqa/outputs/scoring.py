@@ -11,6 +11,7 @@ score; on CPU inference is bit-for-bit repeatable.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -99,12 +100,41 @@ class Scorer:
 
 
 def find_images(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
-    """Expand folders into their image files (sorted); files are kept as given."""
+    """Expand folders into their image files (sorted); files are kept as given.
+
+    A dangling or looping symbolic link with an image suffix is kept, so that its row says what is
+    wrong with it; with ``recursive``, a link back into a folder already scanned is kept once as
+    its own row instead of being followed for ever."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found += sorted(f for f in p.glob(pattern) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        else:
-            found.append(p)
+        found += _images_in(p, recursive) if p.is_dir() else [p]
     return found
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    out: list[Path] = []
+    seen = {os.path.realpath(folder)}
+    pending = [folder]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue  # an unreadable sub-folder: nothing to list
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links; False for a dangling or looping one
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    out.append(path)
+            elif recursive:
+                real = os.path.realpath(path)
+                if real in seen:
+                    out.append(path)  # a loop: its row says so
+                else:
+                    seen.add(real)
+                    pending.append(path)
+    return sorted(out)
