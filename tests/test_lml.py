@@ -352,7 +352,7 @@ def test_export_student_teacher_and_best(tmp_path):
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     same = DEIQT.from_config(module.cfg.model, weights="none").eval()
     same.load_state_dict(method.teacher.state_dict())  # a plain DEIQT with the teacher's weights
-    path = save_model(exported, {"format": "nriqa-deiqt-v1",
+    path = save_model(exported, {"format": "nriqa-deiqt-v1", "crop_size": 32, "test_patch_num": 1,
                                  "model": module.cfg.model.model_dump(mode="json")},
                       tmp_path / "teacher.safetensors")
     loaded, _ = load_model(path)

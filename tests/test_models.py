@@ -161,7 +161,9 @@ def test_a_reloaded_checkpoint_keeps_the_pretrained_weights_normalisation(tmp_pa
 
     cfg = ModelConfig(backbone="tf_efficientnet_lite0", weights="efficientnet-lite", width=32, heads=2)
     model = DEIQT.from_config(cfg).eval()
-    path = save_model(model, {"model": cfg.model_dump(mode="json")}, tmp_path / "m.safetensors")
+    meta = {"format": "nriqa-deiqt-v1", "model": cfg.model_dump(mode="json"), "crop_size": 64,
+            "test_patch_num": 1}
+    path = save_model(model, meta, tmp_path / "m.safetensors")
     loaded, _ = load_model(path)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -86,7 +86,7 @@ def test_cli_score_writes_csv_and_json(checkpoint, folder, tmp_path, capsys):
 
 def test_cli_errors_are_named_not_tracebacks(tmp_path, capsys):
     assert main(["score", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
-    assert "missing.safetensors: checkpoint not found" in capsys.readouterr().err
+    assert "missing.safetensors: model file not found" in capsys.readouterr().err
     assert main(["train", "optim.lrr=1"]) == 2
     assert "unknown key 'optim.lrr'" in capsys.readouterr().err
 

@@ -76,14 +76,14 @@ def _projector_from(state: dict, prefix: str) -> Projector | None:
 def load_networks(path: str | Path, device: str | torch.device = "cpu") -> Networks:
     """Load a checkpoint's networks (see :class:`Networks`); raises :class:`WeightsError`."""
     from nriqa.config import ModelConfig
-    from nriqa.outputs.checkpoint import load_model
+    from nriqa.outputs.checkpoint import load_model, read_checkpoint
 
     path = Path(path).expanduser()
     student, meta = load_model(path, device)
     nets = Networks(student=student, meta=meta)
     if path.suffix != ".ckpt":
         return nets
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(path)["state_dict"]
     for key in state:
         match = re.match(r"^(methods\.\d+\.)projector\.net\.0\.weight$", key)
         if not match:

@@ -9,47 +9,29 @@ slices every crop out of one array.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nriqa.data.crops import (
-    SMALL_IMAGE_POLICIES,
-    TEST_CROP_POLICIES,
-    ensure_min_size,
-    extract_crops,
-    random_boxes,
-    resize_image,
-    resized_size,
-    test_boxes,
-)
-from nriqa.data.images import load_image
+from nriqa.data.crops import extract_crops, random_boxes
+from nriqa.data.policy import CropPolicy, crop_key
 from nriqa.errors import DataError
 
 _RESAMPLE = Image.Resampling.BICUBIC
 
 
 class _CropSettings:
-    """What turns a file into crops; shared by both datasets and checked once, up front."""
+    """What turns a file into crops; shared by both datasets and checked once, up front. The
+    decode, resize and test boxes are :class:`~nriqa.data.policy.CropPolicy`'s, as in scoring."""
 
     def __init__(self, crop_size, resize, small_image, test_crops, return_full, full_size):
         if crop_size < 1 or full_size < 1:
             raise ValueError(
                 f"crop_size and full_size must be positive, got {crop_size}, {full_size}"
             )
-        resized_size(crop_size, crop_size, resize)  # raises ValueError naming the allowed policies
-        if small_image not in SMALL_IMAGE_POLICIES:
-            raise ValueError(
-                f"unknown small_image policy {small_image!r}; allowed: {', '.join(SMALL_IMAGE_POLICIES)}"
-            )
-        if test_crops not in TEST_CROP_POLICIES:
-            raise ValueError(
-                f"unknown test_crops policy {test_crops!r}; allowed: {', '.join(TEST_CROP_POLICIES)}"
-            )
+        self.policy = CropPolicy(int(crop_size), 1, test_crops, resize, small_image)
         self.crop_size = int(crop_size)
         self.resize = resize
         self.small_image = small_image
@@ -59,12 +41,11 @@ class _CropSettings:
 
     def prepare(self, path: str) -> Image.Image:
         """Decode, resize and make the image large enough for one crop."""
-        img = resize_image(load_image(path), self.resize)
-        return ensure_min_size(img, self.crop_size, self.small_image, path)
+        return self.policy.open(path)
 
     def test_boxes(self, img: Image.Image, n: int, path: str) -> np.ndarray:
         # Keyed by the file name, not the full path: the crops do not depend on where the data lives.
-        return test_boxes(*img.size, self.crop_size, n, self.test_crops, key=Path(path).name)
+        return self.policy.boxes(img, crop_key(path), n)
 
     def crop_item(self, img: Image.Image, boxes: np.ndarray, flips: np.ndarray) -> dict:
         scale = np.array([*img.size, *img.size], dtype=np.float64)  # (x0, y0, x1, y1) -> [0, 1]
@@ -235,6 +216,12 @@ class ImageListDataset(Dataset):
         )
         self.patch_num = int(patch_num)
         self.paths = [str(p) for p in paths]
+
+    @classmethod
+    def from_policy(cls, paths, policy: CropPolicy) -> ImageListDataset:
+        return cls(paths, crop_size=policy.crop_size, patch_num=policy.patch_num,
+                   resize=policy.resize, small_image=policy.small_image,
+                   test_crops=policy.test_crops)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -20,6 +20,8 @@ EXIF orientation is applied first, so a phone photo is scored the way it is disp
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +47,7 @@ def load_image(path: str | Path) -> Image.Image:
         # We own the file object, so it is closed here whatever the format (Pillow keeps files it
         # opened itself open for multi-frame images); the decoded pixels outlive it.
         with open(path, "rb") as fh:
-            img = Image.open(fh)
-            img.load()
-            if img.width == 0 or img.height == 0:
-                raise ImageError(path, f"image has zero size ({img.width}x{img.height})")
-            ImageOps.exif_transpose(img, in_place=True)
-            return to_rgb(img, path)
+            return decode_image(Image.open(fh), path, in_place=True)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -63,9 +60,33 @@ def load_image(path: str | Path) -> Image.Image:
         ) from None
 
 
+def decode_image(img: Image.Image, path: str | Path | None = None, in_place: bool = False) -> Image.Image:
+    """An opened image as :func:`load_image` returns it: fully decoded, EXIF orientation applied,
+    8-bit RGB. ``img`` itself is changed only when ``in_place`` (the caller's own image is not)."""
+    img.load()
+    if img.width == 0 or img.height == 0:
+        raise ImageError(path, f"image has zero size ({img.width}x{img.height})")
+    if in_place:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img, path)
+
+
 def _check_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ImageError(path, "symbolic link loop") from None
+        raise ImageError(path, f"dangling symbolic link (to {os.readlink(path)!r}, "
+                               "which does not exist)")
     if not path.exists():
         raise ImageError(path, "file not found")
+    if path.is_dir():
+        link = " (a symbolic link to a folder: a loop?)" if path.is_symlink() else ""
+        raise ImageError(path, f"not a file but a folder{link}")
     if not path.is_file():
         raise ImageError(path, "not a file")
     if path.stat().st_size == 0:

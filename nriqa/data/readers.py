@@ -36,6 +36,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -96,6 +97,11 @@ class Entry:
 
 # --------------------------------------------------------------------------------------------
 # Finding files
+
+
+# Label-file paths must stay inside the dataset root (a label file could otherwise point nriqa at
+# any file on the machine); read_labels(allow_outside_root=True) lifts this for one read.
+ALLOW_OUTSIDE_ROOT: ContextVar[bool] = ContextVar("nriqa_allow_outside_root", default=False)
 
 
 class Resolver:
@@ -227,8 +233,19 @@ def read_csv_rows(path: Path, found: list[Problem]) -> tuple[list[str], list[tup
                 header.pop()
             if not header:
                 raise LabelError(path, "empty label file (no header line)")
+            dups = sorted({h for h in header if h and [x.lower() for x in header].count(h.lower()) > 1})
+            if dups:
+                raise LabelError(path, f"line 1: duplicate column name(s) {dups} in the header")
             n = len(header)
+            start = reader.line_num + 1
             for row in reader:
+                first, start = start, reader.line_num + 1
+                if reader.line_num > first and any("\n" in c or "\r" in c for c in row):
+                    found.append(Problem(BAD_ROW, str(path), f"line {first}",
+                                         f"a quote opened here is closed only at line "
+                                         f"{reader.line_num} (unterminated quote?): lines "
+                                         f"{first}-{reader.line_num} are read as one row"))
+                    continue
                 if not any(c.strip() for c in row):
                     continue
                 if len(row) < n or any(c.strip() for c in row[n:]):
@@ -351,6 +368,7 @@ def build_table(
     ``found`` already holds the problems met while parsing; the rows they name are not in
     ``entries``. Raises (``problems is None``) or reports (a list) everything found.
     """
+    outside_ok = ALLOW_OUTSIDE_ROOT.get()
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     src = str(sources[0]) if len(sources) == 1 else " + ".join(map(str, sources))
     resolver = Resolver(image_root)
@@ -378,6 +396,11 @@ def build_table(
                                  f"image {e.name!r} not found under {resolver.root} (tried "
                                  f"{', '.join(e.candidates)}, ignoring case)"))
             continue
+        if not (outside_ok or _inside(path, resolver.root)):
+            found.append(Problem(BAD_ROW, origin, e.where,
+                                 f"{e.name!r} is outside the dataset root {resolver.root} (set "
+                                 "data.allow_outside_root=true to allow such paths)"))
+            continue
         kept.append((e, score, path))
     found.sort(key=_file_order)  # parse problems were found first: report in file order
     settle(found, problems)
@@ -395,6 +418,12 @@ def build_table(
         source=src,
         **extras,
     )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it, by name (``..`` already resolved): a symlink inside
+    the root counts as inside, wherever it points."""
+    return os.path.commonpath([os.path.abspath(path), str(root)]) == str(root)
 
 
 def _file_order(problem: Problem) -> tuple[str, int]:

@@ -33,7 +33,7 @@ from types import MappingProxyType
 import pandas as pd
 
 from nriqa.data import readers
-from nriqa.data.readers import Problem, label_path
+from nriqa.data.readers import ALLOW_OUTSIDE_ROOT, Problem, label_path
 from nriqa.data.table import Scale
 from nriqa.errors import ConfigError, DataError, LabelError
 
@@ -309,15 +309,21 @@ def read_labels(
     layout: str = "auto",
     label_file: str | Path | None = None,
     problems: list[Problem] | None = None,
+    allow_outside_root: bool = False,
     **options,
 ) -> tuple[pd.DataFrame, str, list[Path]]:
     """:func:`load_labels` without the size warning, also returning the layout and the files
-    read. With a ``problems`` list, row problems are collected there instead of raised."""
+    read. With a ``problems`` list, row problems are collected there instead of raised. An image
+    path outside the dataset root is a bad row unless ``allow_outside_root``."""
     spec = get_spec(name)
     root = dataset_root(spec, root, label_file)
     layout_name, lay, files = pick_layout(spec, root, layout, label_file)
     source = files if lay.combine else files[0]
-    table = lay.reader(root, source, scale=spec.scale, problems=problems, **options)
+    token = ALLOW_OUTSIDE_ROOT.set(bool(allow_outside_root))
+    try:
+        table = lay.reader(root, source, scale=spec.scale, problems=problems, **options)
+    finally:
+        ALLOW_OUTSIDE_ROOT.reset(token)
     table.attrs.update(dataset=spec.name, layout=layout_name, root=str(root),
                        label_files=[str(f) for f in files])
     table.attrs.setdefault("scale", spec.scale)
@@ -329,9 +335,11 @@ def load_labels(
     root: str | Path | None = None,
     layout: str = "auto",
     label_file: str | Path | None = None,
+    allow_outside_root: bool = False,
     **options,
 ) -> pd.DataFrame:
-    """The label table of dataset ``name`` in folder ``root``.
+    """The label table of dataset ``name`` in folder ``root``; every image must be inside
+    ``root`` unless ``allow_outside_root``.
 
     ``layout``: "official", "pyiqa" (where the dataset has it) or "auto" (the official files if
     they exist, else pyiqa's). ``label_file`` overrides the default location (absolute, under
@@ -341,7 +349,8 @@ def load_labels(
     images differs from the dataset's documented size. ``table.attrs`` records the dataset,
     layout, label files and the scale used.
     """
-    table, _, files = read_labels(name, root, layout, label_file, **options)
+    table, _, files = read_labels(name, root, layout, label_file,
+                                  allow_outside_root=allow_outside_root, **options)
     warning = size_mismatch(get_spec(name), len(table))
     if warning:
         warnings.warn(f"{', '.join(map(str, files))}: {warning}", UserWarning, stacklevel=2)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from nriqa.errors import DataError
+from nriqa.io import atomic_write_text
 
 PARTS = ("train", "val", "test")
 MODES = ("paper", "honest", "official")
@@ -96,7 +96,7 @@ class Split:
             if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
                 raise ValueError(f"split part {part!r} has rows outside a table of {len(table)}")
             doc[part] = [names[r] for r in rows]
-        _write_atomic(Path(path), json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path, table: pd.DataFrame, root: str | Path) -> Split:
@@ -303,18 +303,3 @@ def _read_json(path: Path) -> dict:
 
 def _is_name_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a split file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -82,11 +82,19 @@ class IQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
         rank, world = dist_info()
+        sampler = TrainSampler(len(dataset), self.cfg.trainer.seed, rank, world)
+        # Lightning fetches the first batch before its own set_epoch runs: a resumed run must
+        # draw that batch from the epoch it resumes at (restored before the loaders are built).
+        sampler.set_epoch(self._epoch_to_run())
         return DataLoader(EpochKeyed(dataset), batch_size=self.cfg.data.batch_size,
-                          sampler=TrainSampler(len(dataset), self.cfg.trainer.seed, rank, world),
+                          sampler=sampler,
                           num_workers=self.cfg.data.num_workers, drop_last=False,
                           persistent_workers=self.cfg.data.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def _epoch_to_run(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
 
     def _eval(self, part: str):
         table = self.tables[part]

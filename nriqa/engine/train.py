@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -23,8 +25,14 @@ from nriqa.data.splits import Split
 from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings, subset
 from nriqa.engine.module import IQAModule
 from nriqa.errors import ConfigError
-from nriqa.io import atomic_write_json
-from nriqa.outputs.checkpoint import inference_meta, load_model, save_model
+from nriqa.io import atomic_write, atomic_write_json
+from nriqa.outputs.checkpoint import (
+    complete_meta,
+    inference_meta,
+    load_model,
+    read_checkpoint,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,72 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: int | None = None) -> L.Trainer:
+def check_trainer_settings(cfg: RunConfig) -> None:
+    """Fail, naming the options, before a run writes anything when this machine cannot run its
+    trainer settings (``trainer.accelerator=tpu`` without a TPU, more devices than it has, ...)."""
+    quiet_lightning()
+    t = cfg.trainer
+    try:
+        L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                  strategy=t.strategy, precision=default_precision(cfg), logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException, ValueError ...
+        text = " ".join(str(err).split())
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r}, trainer.devices={t.devices!r}, "
+                          f"trainer.strategy={t.strategy!r}, trainer.precision="
+                          f"{default_precision(cfg)!r}: {text[:300]}") from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files through nriqa's atomic writer (a kill mid-save leaves the
+    previous ``last.ckpt`` whole) and read back without running code (``weights_only``)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        ckpt = read_checkpoint(path)
+        return ckpt if map_location in (None, "cpu") else \
+            apply_to_collection(ckpt, torch.Tensor, lambda t: t.to(map_location))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger, except that a resumed run appends to the old ``metrics.csv``
+    (Lightning deletes it) after dropping the rows logged after the checkpoint it resumes from."""
+
+    def __init__(self, *args, keep_until_epoch: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._keep_until_epoch = keep_until_epoch
+
+    @property
+    def experiment(self):
+        if self._experiment is None and self._keep_until_epoch is not None:
+            path = Path(self.log_dir) / "metrics.csv"
+            kept = _metrics_until(path, self._keep_until_epoch)
+            self._experiment = super().experiment  # deletes metrics.csv
+            if kept is not None:
+                keys = list(kept.columns)
+                atomic_write(path, lambda tmp: kept.to_csv(tmp, index=False))
+                self._experiment.metrics_keys = sorted(keys)
+        return super().experiment
+
+
+def _metrics_until(path: Path, epoch: int) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
+        log.warning("%s: cannot read the old metrics (%s); starting a new file", path, err)
+        return None
+    if "epoch" not in rows:
+        return rows
+    return rows[rows["epoch"].isna() | (rows["epoch"] <= epoch)]
+
+
+def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: int | None = None,
+                  resume_epoch: int | None = None) -> L.Trainer:
+    """``resume_epoch``: the last finished epoch of the checkpoint a run resumes from."""
     quiet_lightning()
     t = cfg.trainer
     if t.progress_bar:
@@ -111,8 +184,9 @@ def build_trainer(cfg: RunConfig, out_dir: Path, callbacks: list, max_epochs: in
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=default_precision(cfg),
         gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm",
-        logger=[CSVLogger(out_dir, name="logs", version=""),
+        logger=[ResumableCSVLogger(out_dir, name="logs", version="", keep_until_epoch=resume_epoch),
                 TensorBoardLogger(out_dir, name="tensorboard", version="")],
+        plugins=[AtomicCheckpointIO()],
         callbacks=callbacks, default_root_dir=out_dir, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar, enable_model_summary=False,
@@ -127,6 +201,15 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
         from nriqa.engine.frozen import fit_frozen
 
         return fit_frozen(cfg, parts, out_dir, split)
+    check_trainer_settings(cfg)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume = cfg.trainer.resume and last.is_file()
+    if cfg.trainer.resume and not resume:
+        log.warning("resume requested but %s does not exist: starting from scratch", last)
+    resume_epoch = None
+    if resume:
+        check_resumable(cfg, out_dir / "config.yaml")
+        resume_epoch = int(read_checkpoint(last).get("epoch", 0))  # a damaged file is named here
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     settings = resolve_data_settings(cfg)
@@ -135,24 +218,24 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     # or found in a shared teacher folder.
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = IQAModule(cfg, context=context)
-    module.meta = inference_meta(cfg, settings)
+    module.meta = complete_meta(module.model, inference_meta(cfg, settings))
     data = IQADataModule(cfg, parts["train"], parts["select"], parts["test"],
                          module.crops_per_image, module.needs_full_image, settings)
     ckpt_dir = out_dir / "checkpoints"
     select = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/plcc", mode="max",
-                             save_top_k=1, save_last=True, enable_version_counter=False)
-    trainer = build_trainer(cfg, out_dir, [select, *callbacks])
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if cfg.trainer.resume and last.is_file() else None
-    if cfg.trainer.resume and resume is None:
-        log.warning("resume requested but %s does not exist: starting from scratch", last)
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+                             save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last writes only when ``select`` saves (on improvement): a checkpoint
+    # of its own writes last.ckpt at the end of every epoch.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
+    trainer = build_trainer(cfg, out_dir, [select, latest, *callbacks], resume_epoch=resume_epoch)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
 
     # Test the last epoch, then the selected one.
     trainer.test(module, datamodule=data, verbose=False)
     test_last = module.last_eval.get("test", {}).get("metrics")
     best_path = select.best_model_path or str(last)
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = read_checkpoint(best_path)
     module.load_state_dict(best["state_dict"])
     exported = choose_export(module, parts["select"], cfg, settings, trainer.strategy.root_device)
     trainer.test(module, datamodule=data, verbose=False)
@@ -181,6 +264,40 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
             _write_predictions(out_dir / "test_predictions.csv", parts["test"], test["predictions"])
     trainer.strategy.barrier("nriqa-export")  # every rank may read the exported files after this
     return FitResult(out_dir, model_path, results)
+
+
+# Settings a resumed run may change: how it runs, not what it computes (and epochs, to extend it).
+RESUME_MAY_CHANGE = ("trainer.resume", "trainer.progress_bar", "trainer.log_every_n_steps",
+                     "trainer.output_dir", "data.num_workers", "data.eval_batch_size",
+                     "optim.epochs")
+
+
+def check_resumable(cfg: RunConfig, saved: Path) -> None:
+    """A resume continues the saved run: any other difference from its config.yaml is an error
+    naming the settings (before anything in the run folder is written)."""
+    from nriqa.config import load_config
+
+    if not saved.is_file():
+        raise ConfigError(f"{saved}: cannot resume, the run's config.yaml is missing")
+    old = _flat(load_config(saved).model_dump(mode="json"))
+    new = _flat(cfg.model_dump(mode="json"))
+    changed = [k for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(f"{saved}: cannot resume with a different config: {shown}{more}; "
+                          "resume with the saved settings or use a new trainer.output_dir")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, settings,
@@ -225,8 +342,6 @@ def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings,
 
 
 def _write_predictions(path: Path, table: pd.DataFrame, arr) -> None:
-    from nriqa.io import atomic_write
-
     rows = arr[:, 0].astype(int)
     frame = pd.DataFrame({"path": table["path"].to_numpy()[rows], "prediction": arr[:, 1],
                           "label": arr[:, 2], "score": table["score"].to_numpy()[rows]})

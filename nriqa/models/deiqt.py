@@ -2,8 +2,8 @@
 
 Inference is "just call the model": ``model(x)`` scores crops ``(B,3,S,S)``, and
 ``model(crops)`` with crops ``(B,K,3,S,S)`` averages each image's K crop scores. Pixels are uint8 or
-float in [0, 1]; the backbone applies its own normalisation. Scores are on [0, 1], higher = better
-(labels are normalised per dataset before training).
+float in [0, 1]; the backbone applies its own normalisation. Scores are higher = better, on the
+[0, 1] scale labels are normalised to per dataset before training (not clamped to it).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pandas as pd
 
 from nriqa.config import DataConfig, RunConfig, save_config
 from nriqa.data.splits import Split, make_split
-from nriqa.engine.train import fit
+from nriqa.engine.train import check_resumable, check_trainer_settings, fit
 from nriqa.errors import ConfigError, DataError
 from nriqa.io import atomic_write_json, atomic_write_text
 
@@ -29,7 +29,7 @@ def load_table(data: DataConfig) -> pd.DataFrame:
     from nriqa.data.registry import load_labels
 
     table = load_labels(data.dataset, data.root, layout=data.layout, label_file=data.label_file,
-                        **data.options)
+                        allow_outside_root=data.allow_outside_root, **data.options)
     table.attrs["dataset"] = data.dataset
     return table
 
@@ -56,7 +56,10 @@ def run_protocol(cfg: RunConfig, n_splits: int | None = None) -> dict:
     n = n_splits or cfg.protocol.n_splits
     if cfg.split.file and n > 1:
         raise ConfigError("split.file gives one split: set protocol.n_splits=1")
+    check_trainer_settings(cfg)  # before anything is written
     out = Path(cfg.trainer.output_dir)
+    if cfg.trainer.resume and (out / "config.yaml").is_file():
+        check_resumable(cfg, out / "config.yaml")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     table = load_table(cfg.data)
@@ -98,8 +101,8 @@ def cross_evaluate(model_path: Path, data: DataConfig, table: pd.DataFrame, cfg:
     from nriqa.outputs.scoring import Scorer
 
     scorer = Scorer.from_checkpoint(model_path, batch_size=cfg.data.eval_batch_size,
-                                    num_workers=cfg.data.num_workers)
-    scorer.resize = data.resize or get_spec(data.dataset).resize  # the target dataset's convention
+                                    num_workers=cfg.data.num_workers,
+                                    resize=data.resize or get_spec(data.dataset).resize)  # the target dataset's convention
     results = scorer.score_paths(list(table["path"]))
     bad = [r.error for r in results if r.error]
     if bad:
