@@ -5,7 +5,8 @@
     nriqa train --config RECIPE [k=v ...]        one split: fit, select, test, export
     nriqa protocol --config RECIPE [k=v ...]     N splits (honest or paper), cross-dataset, summary
     nriqa evaluate --checkpoint M --dataset D    metrics of a trained model on a labelled dataset
-    nriqa score PATH... --checkpoint M           scores of images (CSV/JSON)
+    nriqa score PATH... --checkpoint M           scores of images (CSV/JSONL/JSON, HTML gallery)
+    nriqa export M --format onnx|safetensors     an ONNX graph for onnxruntime, or fp16 weights
     nriqa recipes                                the bundled recipes
 """
 
@@ -113,6 +114,14 @@ def cmd_score(args) -> int:
     return 1 if failed == len(results) else 0
 
 
+def cmd_export(args) -> int:
+    from nriqa.outputs.export import export_model
+
+    out = export_model(args.model, args.format, args.output, half=args.half)
+    print(f"exported: {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from nriqa.outputs.demo import run_demo
 
@@ -178,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("export", help="export a model: ONNX graph or half-precision weights")
+    p.add_argument("model", help="an nriqa .safetensors model file")
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors"],
+                   help="onnx: graph of uint8 crops (N,3,S,S) -> scores (N,), dynamic batch; "
+                        "safetensors: the weights again (--half: float16)")
+    p.add_argument("--half", action="store_true", help="float16 weights (--format safetensors)")
+    p.add_argument("--output", "-o", help="output file (default: beside the model)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=cmd_recipes)
