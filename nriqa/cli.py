@@ -73,6 +73,7 @@ def cmd_evaluate(args) -> int:
 
         split = Split.from_json(args.split_file, table, args.root or os.path.commonpath(list(table["path"])))
         table = table.iloc[getattr(split, args.part)].reset_index(drop=True)
+    check_run_options(args)
     scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     results = scorer.score_paths(list(table["path"]), progress=not args.quiet)
     bad = [r for r in results if r.error]
@@ -92,26 +93,86 @@ def _options(items: list[str]) -> dict:
     return parse_overrides(items or [])
 
 
-def cmd_score(args) -> int:
-    from nriqa.outputs.report import write_scores
-    from nriqa.outputs.scoring import Scorer, find_images
+def check_run_options(args) -> None:
+    """One clear line for a bad ``--batch-size`` / ``--workers`` / ``--device``, before any work."""
+    if getattr(args, "batch_size", 1) < 1:
+        raise NriqaError(f"--batch-size {args.batch_size}: must be at least 1")
+    if getattr(args, "workers", 0) < 0:
+        raise NriqaError(f"--workers {args.workers}: must be 0 (decode in a thread) or more")
+    if getattr(args, "device", None):
+        check_device(args.device)
 
+
+def check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise NriqaError(f"--device {name}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NriqaError(f"--device {name}: no CUDA GPU is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise NriqaError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise NriqaError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise NriqaError(f"--device {name}: not supported; use cpu, cuda, cuda:N or mps")
+
+
+def cmd_score(args) -> int:
+    import time
+
+    from nriqa.outputs.scoring import Scorer, find_images, progress_bar
+    from nriqa.outputs.stream import STREAMED, ScoreWriter, check_output, read_done
+
+    check_run_options(args)
+    # Every output is checked before a model is loaded or an image decoded.
+    out = check_output(args.output, args.resume, args.overwrite) if args.output else None
+    if args.resume and out is None:
+        raise NriqaError("--resume needs --output FILE (the scores to continue)")
+    html = None
+    if args.html:
+        html = check_output(args.html, args.resume, args.overwrite, formats=(".html", ".htm"),
+                            option="--html")
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise NriqaError("no images found in " + ", ".join(args.paths))
-    scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                    num_workers=args.workers)
-    results = scorer.score_paths(paths, progress=not args.quiet)
-    if args.output:
-        write_scores(results, args.output)
-    else:
-        print("path,score,error")
-        for r in results:
-            print(f"{r.path},{'' if r.error else f'{r.score:.6f}'},{r.error}")
+    scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+                                    batch_size=args.batch_size, num_workers=args.workers)
+    previous = read_done(out) if args.resume else []
+    done = {str(r["path"]) for r in previous}
+    todo = [p for p in paths if str(p) not in done]
+    writer = ScoreWriter(out, append=bool(previous) and out.suffix.lower() in STREAMED,
+                         previous=previous)
+    results = []
+    start = time.perf_counter()
+    bar = progress_bar(len(todo), disable=args.quiet)
+    try:
+        for rows in scorer.iter_scores(todo):
+            writer.write(rows)
+            results += rows
+            bar.update(len(rows))
+    finally:
+        bar.close()
+        writer.close()
+    seconds = time.perf_counter() - start
     failed = sum(1 for r in results if r.error)
+    skipped = f"; {len(paths) - len(todo)} already in {out} (skipped)" if args.resume else ""
+    rate = f" ({len(results) / seconds:.1f} images/s)" if results and seconds > 0 else ""
+    print(f"scored {len(results)} image(s) with backend {scorer.backend} on {scorer.device} in "
+          f"{seconds:.1f} s{rate}{skipped}", file=sys.stderr)
     if failed:
-        print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)", file=sys.stderr)
-    return 1 if failed == len(results) else 0
+        print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)",
+              file=sys.stderr)
+    if html is not None:
+        from nriqa.outputs.gallery import write_gallery
+
+        write_gallery([*previous, *results], html, progress=not args.quiet)
+        print(f"gallery: {html}", file=sys.stderr)
+    return 1 if results and failed == len(results) else 0
 
 
 def cmd_export(args) -> int:
@@ -179,13 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score images with a trained model")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="an nriqa model: .safetensors, or .onnx from nriqa export")
     p.add_argument("--recursive", "-r", action="store_true")
-    p.add_argument("--output", "-o", help="FILE.csv or FILE.json (columns path,score,error)")
+    p.add_argument("--output", "-o",
+                   help="FILE.csv or FILE.jsonl (streamed as scored, resumable) or FILE.json; "
+                        "columns path,score,error,backend (default: CSV on stdout)")
+    p.add_argument("--html", metavar="FILE.html",
+                   help="also write a self-contained gallery page (thumbnails by score)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="skip the files already in --output and append the rest")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="auto: onnxruntime when installed (faster on CPU), else torch")
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--workers", type=int, default=0,
+                   help="image-decoding processes (0: one decoding thread beside the model)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("export", help="export a model: ONNX graph or half-precision weights")

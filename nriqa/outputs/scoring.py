@@ -53,14 +53,23 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, device: str | torch.device | None = None) -> str:
     """``"auto"`` -> the fastest installed backend: onnxruntime when importable (measured several
-    times faster than eager PyTorch on CPU: benchmarks/speed.py), else torch."""
+    times faster than eager PyTorch on CPU: benchmarks/speed.py), else torch. On a GPU, auto
+    keeps torch unless onnxruntime has its CUDA provider."""
     if backend not in BACKENDS:
         raise NriqaError(f"backend {backend!r}: unknown; allowed: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "onnxruntime" if onnxruntime_available() else "torch"
-    return backend
+    if backend != "auto":
+        return backend
+    if not onnxruntime_available():
+        return "torch"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type != "cpu":
+        import onnxruntime as ort
+
+        cuda = torch.device(device).type == "cuda"
+        return "onnxruntime" if cuda and "CUDAExecutionProvider" in ort.get_available_providers() else "torch"
+    return "onnxruntime"
 
 
 def scoring_settings(meta: dict) -> dict:
@@ -78,7 +87,7 @@ class Scorer:
         """``backend="onnxruntime"`` runs ``session`` (an onnxruntime session of an exported
         graph) or, when it is None, the graph exported from ``model`` in memory."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_backend(backend, self.device)
         self.crop_size, self.patch_num, self.test_crops = crop_size, patch_num, test_crops
         self.resize, self.small_image = resize, small_image
         self.batch_size, self.num_workers = batch_size, num_workers
