@@ -242,9 +242,11 @@ def main() -> None:
     paths = list(table["path"][: args.images])
     n = len(table)
     if "backends" in args.sections:
+        load_start = os.getloadavg()
         rows, info = time_backends(cfg, paths, args.batch_size, args.rounds)
         load = os.getloadavg()
-        text = (f"CPU backends, {info['threads']} thread(s), load average {load[0]:.2f} at the end; "
+        text = (f"CPU backends, {info['threads']} thread(s), 1-min load average {load_start[0]:.2f} "
+                f"at the start, {load[0]:.2f} at the end ({os.cpu_count()} cores); "
                 f"{cfg.model.backbone} ({cfg.model.weights}) DEIQT, {info['photos']} photos x "
                 f"{info['crops_per_photo']} crops of {info['crop_size']} px, batch "
                 f"{info['batch_size']} photos, best of {info['rounds']} rounds.\n"
@@ -254,6 +256,7 @@ def main() -> None:
                 + markdown(rows, ["what", "photos_per_s", "crops_per_s", "gflop_per_s",
                                   "fraction_of_peak", "x_eager_score_paths", "model_waits"]))
         write_results(f"speed_backends_{device.type}", {"args": vars(args), "info": info,
+                                                         "load_average_start": load_start,
                                                          "load_average": load, "backends": rows}, text)
     if not {"scoring", "training"} & set(args.sections):
         return
