@@ -95,7 +95,7 @@ def _dump_dom(page: Path, fragment: str, tmp_path: Path) -> _Cards:
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
            page.resolve().as_uri() + fragment]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     parser = _Cards()
     parser.feed(done.stdout)

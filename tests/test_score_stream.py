@@ -142,7 +142,7 @@ def test_resume_repairs_a_partial_last_line_and_completes_the_rows(model_file, p
     assert part.read_text() == text
 
 
-def _kill_after_rows(cmd: list[str], out: Path, rows: int, timeout: float = 120) -> int:
+def _kill_after_rows(cmd: list[str], out: Path, rows: int, timeout: float = 600) -> int:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     deadline = time.monotonic() + timeout

@@ -72,9 +72,16 @@ def onnx_bytes(model: DEIQT, crop_size: int, meta: dict | None = None) -> bytes:
     return data
 
 
-def with_metadata(data: bytes, props: dict[str, str]) -> bytes:
-    import onnx
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise NriqaError("ONNX export needs the onnx package: pip install 'nriqa[onnx]'") from None
+    return onnx
 
+
+def with_metadata(data: bytes, props: dict[str, str]) -> bytes:
+    onnx = _onnx()
     proto = onnx.load_from_string(data)
     kept = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
@@ -86,8 +93,7 @@ def with_metadata(data: bytes, props: dict[str, str]) -> bytes:
 
 def read_onnx_meta(path: str | Path) -> dict:
     """The nriqa metadata of an exported ``.onnx`` file (without building a session)."""
-    import onnx
-
+    onnx = _onnx()
     path = Path(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
