@@ -64,6 +64,7 @@ def cmd_evaluate(args) -> int:
     from nriqa.metrics import evaluate
     from nriqa.outputs.scoring import Scorer
 
+    check_run_options(args)
     table = load_labels(args.dataset, args.root, layout=args.layout, label_file=args.label_file,
                         **_options(args.option))
     if args.split_file:
@@ -73,7 +74,6 @@ def cmd_evaluate(args) -> int:
 
         split = Split.from_json(args.split_file, table, args.root or os.path.commonpath(list(table["path"])))
         table = table.iloc[getattr(split, args.part)].reset_index(drop=True)
-    check_run_options(args)
     scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     results = scorer.score_paths(list(table["path"]), progress=not args.quiet)
     bad = [r for r in results if r.error]
@@ -137,12 +137,12 @@ def cmd_score(args) -> int:
     if args.html:
         html = check_output(args.html, args.resume, args.overwrite, formats=(".html", ".htm"),
                             option="--html")
+    previous = read_done(out) if args.resume else []  # a damaged file stops us before any work
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise NriqaError("no images found in " + ", ".join(args.paths))
     scorer = Scorer.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
                                     batch_size=args.batch_size, num_workers=args.workers)
-    previous = read_done(out) if args.resume else []
     done = {str(r["path"]) for r in previous}
     todo = [p for p in paths if str(p) not in done]
     writer = ScoreWriter(out, append=bool(previous) and out.suffix.lower() in STREAMED,

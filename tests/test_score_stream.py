@@ -185,3 +185,12 @@ def test_scoring_killed_part_way_resumes_to_exactly_the_uninterrupted_rows(tmp_p
     resumed = _csv_rows(killed)
     assert resumed == expected  # every row once, in order, with the same scores
     assert len({r[0] for r in resumed[1:]}) == 40
+
+
+def test_resume_onto_a_foreign_file_fails_before_any_work(photos, tmp_path, capsys):
+    out = tmp_path / "other.csv"
+    out.write_text("name,value\na.png,1\n")
+    rc = _score(photos, "--checkpoint", tmp_path / "never_loaded.safetensors", "-o", out, "--resume")
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot resume: its columns are ['name', 'value']" in err
+    assert err.count("\n") == 1 and out.read_text() == "name,value\na.png,1\n"
