@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,23 @@ def test_onnx_file_without_nriqa_metadata_is_refused(model_file, tmp_path):
     junk.write_bytes(b"not a graph")
     with pytest.raises(NriqaError, match="junk.onnx: onnxruntime cannot load it"):
         Scorer.from_checkpoint(junk)
+
+
+def test_cli_backends_name_themselves_and_agree(model_file, onnx_file, photos, tmp_path, capsys):
+    folder = photos[0].parent
+    runs = {}
+    for name, model, backend in [("torch", model_file, "torch"), ("ort", model_file, "onnxruntime"),
+                                 ("onnx", onnx_file, "auto")]:
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["score", str(folder), "--checkpoint", str(model), "--backend", backend,
+                     "-o", str(out), "--quiet", "--workers", "1"]) == 0
+        assert "with backend " + ("torch" if name == "torch" else "onnxruntime") in capsys.readouterr().err
+        runs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["backend"] for r in runs["torch"]} == {"torch"}
+    assert {r["backend"] for r in runs["ort"]} == {r["backend"] for r in runs["onnx"]} == {"onnxruntime"}
+    for other in ("ort", "onnx"):
+        assert [r["path"] for r in runs[other]] == [r["path"] for r in runs["torch"]]
+        for a, b in zip(runs["torch"], runs[other]):
+            assert (a["score"] is None) == (b["score"] is None)
+            if a["score"] is not None:
+                assert abs(a["score"] - b["score"]) <= 1.5e-4  # 1e-4 plus the 6-decimal rounding
