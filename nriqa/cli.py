@@ -5,8 +5,9 @@
     nriqa train --config RECIPE [k=v ...]        one split: fit, select, test, export
     nriqa protocol --config RECIPE [k=v ...]     N splits (honest or paper), cross-dataset, summary
     nriqa evaluate --checkpoint M --dataset D    metrics of a trained model on a labelled dataset
-    nriqa score PATH... [--model M]              scores of images (CSV/JSON); default: the shipped model
+    nriqa score PATH... [--model M]              scores of images (CSV/JSONL/JSON, HTML gallery); default: the shipped model
     nriqa models list | show NAME                the shipped pretrained models and their cards
+    nriqa export M --format onnx|safetensors     an ONNX graph for onnxruntime, or fp16 weights
     nriqa recipes                                the bundled recipes
 """
 
@@ -65,6 +66,7 @@ def cmd_evaluate(args) -> int:
     from nriqa.metrics import evaluate
     from nriqa.outputs.scoring import Scorer
 
+    check_run_options(args)
     table = load_labels(args.dataset, args.root, layout=args.layout, label_file=args.label_file,
                         **_options(args.option))
     if args.split_file:
@@ -94,28 +96,96 @@ def _options(items: list[str]) -> dict:
     return parse_overrides(items or [])
 
 
-def cmd_score(args) -> int:
-    from nriqa.outputs.report import write_scores
-    from nriqa.outputs.scoring import Scorer, find_images
+def check_run_options(args) -> None:
+    """One clear line for a bad ``--batch-size`` / ``--workers`` / ``--device``, before any work."""
+    if getattr(args, "batch_size", 1) < 1:
+        raise NriqaError(f"--batch-size {args.batch_size}: must be at least 1")
+    if getattr(args, "workers", 0) < 0:
+        raise NriqaError(f"--workers {args.workers}: must be 0 (decode in a thread) or more")
+    if getattr(args, "device", None):
+        check_device(args.device)
 
+
+def check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise NriqaError(f"--device {name}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NriqaError(f"--device {name}: no CUDA GPU is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise NriqaError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise NriqaError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise NriqaError(f"--device {name}: not supported; use cpu, cuda, cuda:N or mps")
+
+
+def cmd_score(args) -> int:
+    import time
+
+    from nriqa.outputs.scoring import Scorer, find_images, progress_bar
+    from nriqa.outputs.stream import STREAMED, ScoreWriter, check_output, read_done
+
+    check_run_options(args)
+    # Every output is checked before a model is loaded or an image decoded.
+    out = check_output(args.output, args.resume, args.overwrite) if args.output else None
+    if args.resume and out is None:
+        raise NriqaError("--resume needs --output FILE (the scores to continue)")
+    html = None
+    if args.html:
+        html = check_output(args.html, args.resume, args.overwrite, formats=(".html", ".htm"),
+                            option="--html")
+    previous = read_done(out) if args.resume else []  # a damaged file stops us before any work
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise NriqaError("no images found in " + ", ".join(args.paths))
-    scorer = Scorer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
-                                    num_workers=args.workers)
+    scorer = Scorer.from_pretrained(args.model, device=args.device, backend=args.backend,
+                                    batch_size=args.batch_size, num_workers=args.workers)
     if not args.quiet:
         print(f"nriqa: scoring {len(paths)} image(s) with {scorer.source}", file=sys.stderr)
-    results = scorer.score_paths(paths, progress=not args.quiet)
-    if args.output:
-        write_scores(results, args.output)
-    else:
-        print("path,score,error")
-        for r in results:
-            print(f"{r.path},{'' if r.error else f'{r.score:.6f}'},{r.error}")
+    done = {str(r["path"]) for r in previous}
+    todo = [p for p in paths if str(p) not in done]
+    writer = ScoreWriter(out, append=bool(previous) and out.suffix.lower() in STREAMED,
+                         previous=previous)
+    results = []
+    start = time.perf_counter()
+    bar = progress_bar(len(todo), disable=args.quiet)
+    try:
+        for rows in scorer.iter_scores(todo):
+            writer.write(rows)
+            results += rows
+            bar.update(len(rows))
+    finally:
+        bar.close()
+        writer.close()
+    seconds = time.perf_counter() - start
     failed = sum(1 for r in results if r.error)
+    skipped = f"; {len(paths) - len(todo)} already in {out} (skipped)" if args.resume else ""
+    rate = f" ({len(results) / seconds:.1f} images/s)" if results and seconds > 0 else ""
+    print(f"scored {len(results)} image(s) with {scorer.source}, backend {scorer.backend} on {scorer.device} in "
+          f"{seconds:.1f} s{rate}{skipped}", file=sys.stderr)
     if failed:
-        print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)", file=sys.stderr)
-    return 1 if failed == len(results) else 0
+        print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)",
+              file=sys.stderr)
+    if html is not None:
+        from nriqa.outputs.gallery import write_gallery
+
+        write_gallery([*previous, *results], html, progress=not args.quiet)
+        print(f"gallery: {html}", file=sys.stderr)
+    return 1 if results and failed == len(results) else 0
+
+
+def cmd_export(args) -> int:
+    from nriqa.outputs.export import export_model
+
+    out = export_model(args.model, args.format, args.output, half=args.half)
+    print(f"exported: {out}")
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -200,14 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", "--checkpoint", "-m", dest="model", default="default",
                    help="a shipped model name (nriqa models list), a .safetensors file, or "
-                        "hf:OWNER/REPO/FILE (downloaded into the Hugging Face cache); default: "
-                        "the default shipped model")
+                        "hf:OWNER/REPO/FILE (downloaded into the Hugging Face cache), or an .onnx "
+                        "file from nriqa export; default: the default shipped model")
     p.add_argument("--recursive", "-r", action="store_true")
-    p.add_argument("--output", "-o", help="FILE.csv or FILE.json (columns path,score,error)")
+    p.add_argument("--output", "-o",
+                   help="FILE.csv or FILE.jsonl (streamed as scored, resumable) or FILE.json; "
+                        "columns path,score,error,backend (default: CSV on stdout)")
+    p.add_argument("--html", metavar="FILE.html",
+                   help="also write a self-contained gallery page (thumbnails by score)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="skip the files already in --output and append the rest")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="auto: onnxruntime when installed (faster on CPU), else torch")
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--workers", type=int, default=0,
+                   help="image-decoding processes (0: one decoding thread beside the model)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("models", help="the shipped pretrained models")
@@ -216,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = models.add_parser("show", help="one model's card: data, licence, recipe, metrics")
     show.add_argument("name")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a model: ONNX graph or half-precision weights")
+    p.add_argument("model", help="an nriqa .safetensors model file")
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors"],
+                   help="onnx: graph of uint8 crops (N,3,S,S) -> scores (N,), dynamic batch; "
+                        "safetensors: the weights again (--half: float16)")
+    p.add_argument("--half", action="store_true", help="float16 weights (--format safetensors)")
+    p.add_argument("--output", "-o", help="output file (default: beside the model)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=cmd_recipes)

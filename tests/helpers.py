@@ -58,3 +58,31 @@ def tiny_config(tmp_path: Path, *extra: str):
         f"trainer.output_dir={tmp_path / 'run'}",
         *extra,
     ])
+
+
+def tiny_model_file(path: Path, seed: int = 0, patch_num: int = 3) -> Path:
+    """A random tiny DEIQT saved as an nriqa ``.safetensors`` model (32 px crops)."""
+    import torch
+
+    from nriqa.models import DEIQT
+    from nriqa.outputs.checkpoint import save_model
+
+    torch.manual_seed(seed)
+    cfg = load_config(None, TINY_MODEL)
+    meta = {"format": "nriqa-deiqt-v1", "model": cfg.model.model_dump(mode="json"),
+            "crop_size": 32, "test_patch_num": patch_num, "test_crops": "grid", "resize": "none",
+            "small_image": "upscale"}
+    return save_model(DEIQT.from_config(cfg.model), meta, path)
+
+
+def photo_folder(folder: Path, n: int = 7, seed: int = 0) -> list[Path]:
+    """``n`` small textured photos of varied sizes (some smaller than a 32 px crop)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = int(rng.integers(24, 80)), int(rng.integers(24, 80))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        paths.append(folder / f"p{i:02d}.png")
+        img.filter(ImageFilter.GaussianBlur(radius=float(i % 3))).save(paths[-1])
+    return paths

@@ -75,7 +75,7 @@ def test_cli_score_writes_csv_and_json(checkpoint, folder, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     assert main(["score", str(folder), "--recursive", "--checkpoint", str(checkpoint), "-o", str(out), "--quiet"]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["path", "score", "error"] and len(table) == 5
+    assert list(table.columns) == ["path", "score", "error", "backend"] and len(table) == 5
     assert table.loc[table["path"].str.endswith("corrupt.jpg"), "error"].str.contains("corrupt.jpg").all()
     assert "could not be scored" in capsys.readouterr().err
     again = tmp_path / "again.json"

@@ -13,18 +13,23 @@ from nriqa.io import atomic_write, atomic_write_text
 
 
 def write_scores(results: Sequence, path: str | Path) -> Path:
-    """``path,score,error`` rows as CSV, or a JSON list, chosen by the file's suffix."""
+    """``path,score,error,backend`` rows as CSV, JSON Lines or a JSON list, chosen by the file's
+    suffix, written whole and atomically (``nriqa score`` streams instead: outputs/stream.py)."""
+    from nriqa.outputs.stream import COLUMNS, FORMATS, row
+
     path = Path(path)
-    rows = [{"path": str(r.path), "score": None if r.error else round(float(r.score), 6),
-             "error": r.error} for r in results]
-    if path.suffix.lower() == ".json":
+    rows = [row(r) for r in results]
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: output must end in {', '.join(FORMATS)}")
+    if suffix == ".json":
         return atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"{path}: output must end in .csv or .json")
+    if suffix == ".jsonl":
+        return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "score", "error"])
+            w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows({**r, "score": "" if r["score"] is None else r["score"]} for r in rows)
 
