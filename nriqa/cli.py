@@ -167,8 +167,8 @@ def cmd_score(args) -> int:
     failed = sum(1 for r in results if r.error)
     skipped = f"; {len(paths) - len(todo)} already in {out} (skipped)" if args.resume else ""
     rate = f" ({len(results) / seconds:.1f} images/s)" if results and seconds > 0 else ""
-    print(f"scored {len(results)} image(s) with {scorer.source}, backend {scorer.backend} on {scorer.device} in "
-          f"{seconds:.1f} s{rate}{skipped}", file=sys.stderr)
+    print(f"scored {len(results)} image(s) with backend {scorer.backend} on {scorer.device} in "
+          f"{seconds:.1f} s{rate}{skipped}; model: {scorer.source}", file=sys.stderr)
     if failed:
         print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)",
               file=sys.stderr)
