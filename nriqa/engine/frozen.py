@@ -71,7 +71,7 @@ class FeatureCache:
                           settings.resize, cfg.data.small_image],
                  "paths": [str(p) for p in table["path"]]}
         key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-        return cls(folder / key, key, len(table))
+        return cls(Path(folder) / key, key, len(table))
 
     def _state(self) -> dict:
         return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {"done": 0}
