@@ -34,8 +34,10 @@ def test_needs_a_fully_frozen_backbone(tmp_path, table):
         fit(cfg, table, make_split(table, mode="honest", seed=0), tmp_path / "run")
 
 
-def test_trains_selects_and_tests_the_exported_network(tmp_path, table):
-    cfg = tiny_config(tmp_path, *FROZEN)
+@pytest.mark.parametrize("readout", [[], ["model.readout=stats", "model.token_pool=2"]],
+                         ids=["default", "stats"])
+def test_trains_selects_and_tests_the_exported_network(tmp_path, table, readout):
+    cfg = tiny_config(tmp_path, *FROZEN, *readout)
     split = make_split(table, mode="honest", seed=0)
     result = fit(cfg, table, split, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -124,16 +124,19 @@ def _progress(total: int, done: int, desc: str, enabled: bool):
 
 
 class CachedHead(nn.Module):
-    """The trainable part of a frozen-backbone DEIQT: projection + decoder, on cached features."""
+    """The trainable part of a frozen-backbone DEIQT: projections + decoder, on cached features."""
 
     def __init__(self, model: DEIQT):
         super().__init__()
         self.proj, self.decoder = model.backbone.proj, model.decoder
+        self.proj_global = getattr(model.backbone, "proj_global", self.proj)  # the stats readout's
 
     def forward(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,)`` the mean score over each image's K crops."""
+        """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,)`` the mean score over each image's K crops;
+        the same computation as ``Backbone.project`` then the decoder."""
         b, k = glob.shape[:2]
-        c, p = self.proj(glob.flatten(0, 1).float()), self.proj(tokens.flatten(0, 1).float())
+        c = self.proj_global(glob.flatten(0, 1).float())
+        p = self.proj(tokens.flatten(0, 1).float())
         return self.decoder(c, p).score.view(b, k).mean(1)
 
 

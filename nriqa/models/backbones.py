@@ -57,6 +57,11 @@ def _stage_modules(net: nn.Module) -> list[nn.Module]:
     return [net.get_submodule(i["module"]) for i in info][:-1]
 
 
+def _spatial_std(m: torch.Tensor) -> torch.Tensor:
+    """Per-channel standard deviation over the map (unbiased; 0, not NaN, for a 1 x 1 map)."""
+    return m.std((2, 3), correction=1 if m.shape[2] * m.shape[3] > 1 else 0)
+
+
 def _channels(stage: nn.Module) -> int:
     """Output channels of a stage: those of its last convolution or norm with a channel count."""
     for m in reversed(list(stage.modules())):
@@ -174,7 +179,7 @@ class Backbone(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        glob = torch.cat([torch.cat([m.mean((2, 3)), m.std((2, 3))], 1) for m in [*maps, feats]], 1)
+        glob = torch.cat([torch.cat([m.mean((2, 3)), _spatial_std(m)], 1) for m in [*maps, feats]], 1)
         return glob, self._tokens(feats)
 
     def _tokens(self, feats: torch.Tensor) -> torch.Tensor:
