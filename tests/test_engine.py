@@ -61,8 +61,8 @@ def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(tmp_path
     (tmp_path / "resumed" / "checkpoints" / "best.ckpt").unlink()
     resumed = fit(tiny_config(tmp_path / "b", "optim.epochs=3", "trainer.resume=true"), table,
                   split, tmp_path / "resumed")
-    last_full = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=False)
-    last_resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=False)
+    last_full = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)
+    last_resumed = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
     assert last_full["global_step"] == last_resumed["global_step"] > 0
     for key, value in last_full["state_dict"].items():
         assert torch.allclose(value, last_resumed["state_dict"][key], atol=1e-6), key

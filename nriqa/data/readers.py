@@ -213,7 +213,18 @@ def _column_map(header: Sequence[str], wanted: Sequence[str], source: Path) -> d
     if missing:
         shown = [h for h in header if h]
         raise LabelError(source, f"missing column(s) {missing}; the header has {shown}")
+    for w in wanted:
+        _check_unique(header, w, source)
     return {w: index[w.strip().lower()] for w in wanted}
+
+
+def _check_unique(header: Sequence[str], name: str, source: Path) -> None:
+    """A column that is read must be named once (a duplicate elsewhere in the header is harmless:
+    SPAQ's pyiqa file has two 'Brightness' columns nriqa never reads)."""
+    where = [i + 1 for i, h in enumerate(header) if h.strip().lower() == name.strip().lower()]
+    if len(where) > 1:
+        raise LabelError(source, f"line 1: column {name!r} appears {len(where)} times in the header "
+                                 f"(columns {', '.join(map(str, where))}): which one is meant?")
 
 
 def read_csv_rows(path: Path, found: list[Problem]) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -233,9 +244,6 @@ def read_csv_rows(path: Path, found: list[Problem]) -> tuple[list[str], list[tup
                 header.pop()
             if not header:
                 raise LabelError(path, "empty label file (no header line)")
-            dups = sorted({h for h in header if h and [x.lower() for x in header].count(h.lower()) > 1})
-            if dups:
-                raise LabelError(path, f"line 1: duplicate column name(s) {dups} in the header")
             n = len(header)
             start = reader.line_num + 1
             for row in reader:
@@ -549,7 +557,7 @@ def read_kadid10k(root, label_file, *, scale: Scale, problems: list[Problem] | N
     found: list[Problem] = []
     header, rows = read_csv_rows(path, found)
     cols = _column_map(header, ("dist_img", "ref_img", "dmos"), path)
-    var = _optional_column(header, "var")
+    var = _optional_column(header, "var", path)
     entries = [
         Entry(f"line {line}", row[cols["dist_img"]].strip(), row[cols["dmos"]],
               _kadid_candidates(row[cols["dist_img"]].strip()), group=_stem(row[cols["ref_img"]]),
@@ -634,8 +642,8 @@ def read_koniq10k(
     column = score_column or next((c for c in ("MOS_zscore", "MOS") if c.lower() in
                                    {h.lower() for h in header}), "MOS")
     cols = _column_map(header, ("image_name", column), path)
-    set_col = _optional_column(header, "set")
-    sd_col = _optional_column(header, "SD")
+    set_col = _optional_column(header, "set", path)
+    sd_col = _optional_column(header, "SD", path)
     folder = koniq_image_dir(root, images)
     entries = [
         Entry(f"line {line}", row[cols["image_name"]].strip(), row[cols[column]],
@@ -768,7 +776,7 @@ def _read_pyiqa_fr(
     header, rows = read_csv_rows(path, found)
     if len(header) < 3:
         raise LabelError(path, f"expected ref_name,dist_name,score columns; the header has {header}")
-    std = _optional_column(header, "std")
+    std = _optional_column(header, "std", path)
     entries = [
         Entry(f"line {line}", row[1].strip(), row[2], candidates(row[1].strip()),
               group=group_of(row[0].strip(), row[1].strip()),
@@ -795,9 +803,9 @@ def _read_pyiqa_nr(
     header, rows = read_csv_rows(path, found)
     if len(header) < 2:
         raise LabelError(path, f"expected img_name,mos columns; the header has {header}")
-    std = _optional_column(header, "std")
-    official = _optional_column(header, "official_split")
-    numbered = _optional_column(header, "split")
+    std = _optional_column(header, "std", path)
+    official = _optional_column(header, "official_split", path)
+    numbered = _optional_column(header, "split", path)
     entries = []
     for line, row in rows:
         name = row[0].strip()
@@ -934,9 +942,12 @@ def read_embedded(root, label_file, *, scale: Scale, problems=None) -> pd.DataFr
 # Small helpers
 
 
-def _optional_column(header: Sequence[str], name: str) -> int | None:
+def _optional_column(header: Sequence[str], name: str, source: Path) -> int | None:
     lowered = [h.strip().lower() for h in header]
-    return lowered.index(name.lower()) if name.lower() in lowered else None
+    if name.lower() not in lowered:
+        return None
+    _check_unique(header, name, source)
+    return lowered.index(name.lower())
 
 
 def _float_or_nan(value) -> float:

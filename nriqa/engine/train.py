@@ -148,14 +148,14 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     def experiment(self):
-        if self._experiment is None and self._keep_until_epoch is not None:
+        if self._keep_until_epoch is not None:
+            epoch, self._keep_until_epoch = self._keep_until_epoch, None  # once
             path = Path(self.log_dir) / "metrics.csv"
-            kept = _metrics_until(path, self._keep_until_epoch)
-            self._experiment = super().experiment  # deletes metrics.csv
-            if kept is not None:
-                keys = list(kept.columns)
+            kept = _metrics_until(path, epoch)
+            writer = super().experiment  # Lightning's writer deletes metrics.csv here
+            if kept is not None and hasattr(writer, "metrics_keys"):  # rank 0 only
                 atomic_write(path, lambda tmp: kept.to_csv(tmp, index=False))
-                self._experiment.metrics_keys = sorted(keys)
+                writer.metrics_keys = sorted(kept.columns)
         return super().experiment
 
 
