@@ -2,9 +2,12 @@
 
 When the whole backbone is frozen (``model.freeze=['*']`` with ``model.freeze_bn=true``) and every
 image is seen through the same deterministic crops in training as in evaluation, the backbone gives
-the same output for an image at every epoch. Computing it once and training the projection and the
-attention-panel decoder on the cache trains the same model the engine would train with those
-settings, at a fraction of the cost: on a CPU the backbone's forward pass is nearly all of a step.
+the same output for an image at every epoch. Computing it once and training the projections and the
+attention-panel decoder on the cache costs a fraction of an engine run: on a CPU the backbone's
+forward pass is nearly all of a step. The loop is the engine's loss, AdamW and schedule, with two
+differences, both kept so the shipped model stays exactly reproducible: weight decay applies to
+every matrix (the panel queries included), and the loss is on each image's mean crop score (the
+same as the engine's per-crop loss when, as for the shipped model, each image has one crop).
 This is how nriqa's shipped model is trained on 2 CPU cores (docs/models.md).
 
 The cache (``<output_dir>/features`` unless ``trainer.feature_cache_dir`` is set) is keyed by the
@@ -41,6 +44,7 @@ from nriqa.outputs.checkpoint import inference_meta, save_model
 log = logging.getLogger(__name__)
 
 CHUNK = 256  # images per cache chunk: the most a killed extraction loses
+CACHE_FORMAT = 1
 
 
 def check_frozen(cfg: RunConfig) -> None:
@@ -65,8 +69,11 @@ class FeatureCache:
 
     @classmethod
     def for_run(cls, cfg: RunConfig, table: pd.DataFrame, settings: DataSettings, folder: Path):
-        facts = {"backbone": cfg.model.backbone, "weights": cfg.model.weights,
-                 "img_size": cfg.model.img_size, "kwargs": cfg.model.backbone_kwargs,
+        # Everything that changes what the frozen backbone gives; not the trained head's shape.
+        head_only = {"width", "heads", "queries", "ffn_ratio", "dropout"}
+        facts = {"format": CACHE_FORMAT,
+                 "model": {k: v for k, v in cfg.model.model_dump(mode="json").items()
+                           if k not in head_only},
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
                           settings.resize, cfg.data.small_image],
                  "paths": [str(p) for p in table["path"]]}
@@ -164,7 +171,9 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
     bs = cfg.data.batch_size
     steps_per_epoch = max(1, math.floor(len(y_tr) / bs))
     gen = torch.Generator().manual_seed(cfg.trainer.seed)
-    best, best_plcc, history, step = None, -math.inf, [], 0
+    if o.epochs < 1:
+        raise ConfigError("optim.epochs must be at least 1")
+    best, best_plcc, history, step, selected = None, -math.inf, [], 0, 0
     for epoch in range(o.epochs):
         t0, total = time.time(), 0.0
         order = torch.randperm(len(y_tr), generator=gen)
@@ -189,7 +198,7 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
         if cfg.trainer.progress_bar:
             print(f"epoch {epoch + 1}/{o.epochs}: loss {history[-1]['train_loss']:.4f}  "
                   f"val SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}", flush=True)
-        if metrics["plcc"] > best_plcc:
+        if best is None or metrics["plcc"] > best_plcc:  # NaN never wins, but epoch 0 is kept
             best_plcc, selected = metrics["plcc"], epoch
             best = {k: v.detach().clone() for k, v in head.state_dict().items()}
     for h in history:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nriqa.errors import ConfigError
 from nriqa.models.weights import LITE_MEAN, LITE_STD, apply_weights
 
 
@@ -94,16 +95,16 @@ class Backbone(nn.Module):
         self.proj = nn.Identity() if self.width == self.feature_dim else nn.Linear(self.feature_dim, self.width)
         self.readout = readout
         if token_pool > 1 and self.is_vit:
-            raise ValueError(f"token_pool needs a CNN backbone; {name} is a transformer")
+            raise ConfigError(f"model.token_pool={token_pool} needs a CNN backbone; {name} is a transformer")
         self.token_pool = token_pool
         if readout == "stats":
             if self.is_vit:
-                raise ValueError(f"readout='stats' needs a CNN backbone; {name} is a transformer")
+                raise ConfigError(f"model.readout=stats needs a CNN backbone; {name} is a transformer")
             self.stat_modules = _stage_modules(self.net)
             stats_dim = 2 * (sum(_channels(m) for m in self.stat_modules) + self.feature_dim)
             self.proj_global = nn.Linear(stats_dim, self.width)
         elif readout != "default":
-            raise ValueError(f"unknown readout {readout!r}; allowed: default, stats")
+            raise ConfigError(f"model.readout={readout!r}: unknown; allowed: default, stats")
         lite = (trained_with or weights) == "efficientnet-lite"
         cfg = self.net.pretrained_cfg
         mean = LITE_MEAN if lite else cfg.get("mean", (0.485, 0.456, 0.406))

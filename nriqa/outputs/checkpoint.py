@@ -107,11 +107,20 @@ def complete_meta(model: DEIQT, meta: dict, source: str = "model metadata") -> d
     return full
 
 
-def save_model(model: DEIQT, meta: dict, path: str | Path) -> Path:
+def save_model(model: DEIQT, meta: dict, path: str | Path, dtype: torch.dtype | None = None,
+               keep: tuple[str, ...] = ()) -> Path:
+    """Write ``model`` and its metadata as one ``.safetensors`` file; ``dtype`` (e.g.
+    ``torch.float16``) stores the floating-point weights in that precision, except those whose
+    names start with a prefix in ``keep``. The model itself is left as it is, and the recorded
+    input normalisation is always the float32 one the loader rebuilds (a half-precision copy of
+    127/255 would not match it). Loading always computes in float32."""
     from safetensors.torch import save_file
 
     meta = complete_meta(model, meta, str(path))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith(keep) else v
+                 for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"nriqa": json.dumps(meta)}))
 
 

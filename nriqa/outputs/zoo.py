@@ -117,16 +117,13 @@ def resolve_model(spec: str | Path | None) -> tuple[Path, str]:
     text = str(spec) if spec is not None else "default"
     if text.startswith("hf:"):
         return _from_hub(text[3:]), text
-    if text == "default" or text in registry():
-        model = card(text)
-        return verified_file(model), f"{model.name} (nriqa pretrained, {model.headline()})"
     path = Path(text).expanduser()
-    if path.suffix.lower() in {".safetensors", ".ckpt", ".onnx"} or path.exists() or "/" in text:
+    if path.suffix.lower() in {".safetensors", ".ckpt", ".onnx"} or "/" in text or path.is_file():
         if not path.is_file():
             raise WeightsError(f"{path}: model file not found")
         return path, str(path)
-    card(text)  # raises: unknown name, with suggestions
-    raise AssertionError("unreachable")
+    model = card(text)  # an unknown name raises, suggesting the close ones
+    return verified_file(model), f"{model.name} (nriqa pretrained, {model.headline()})"
 
 
 def _from_hub(ref: str) -> Path:
