@@ -111,6 +111,14 @@ def test_analyze_run_prints_the_tables(diagnosed_run, capsys):
     assert main(["analyze", "run", str(diagnosed_run.out_dir.parent)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [x for x in lines if x.startswith("## ")] == [f"## {diagnosed_run.out_dir}"]
+    # the same numbers as JSON
+    path = diagnosed_run.out_dir.parent / "report.json"
+    assert main(["analyze", "run", str(diagnosed_run.out_dir), "--json", str(path)]) == 0
+    (report,) = json.loads(path.read_text())
+    rows = {(r["epoch"], r["group"], r["term"]): r for r in report["gradients"]}
+    assert rows[(0, "decoder", "regression")]["ratio"] == 1.0 and rows[(0, "decoder", "contrastive")]["steps"] == 2
+    assert [r["clip_rate"] for r in report["clip"]] == [1.0, 1.0]
+    assert "lml_pos_sim" in report["epochs"]
 
 
 def test_analyze_run_names_a_missing_folder(tmp_path, capsys):

@@ -77,17 +77,20 @@ def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def gradient_table(frame: pd.DataFrame) -> pd.DataFrame:
+def gradient_table(frame: pd.DataFrame, per_epoch: bool = True) -> pd.DataFrame:
     """One row per (epoch, group, term), means over the diagnosed steps: ``norm`` (of the
     weighted term's gradient), ``ratio`` to the regression term's, ``cos`` with the regression
     term's gradient, the term's ``weight`` and the number of diagnosed ``steps``; empty without
-    gradient diagnostics."""
+    gradient diagnostics. ``per_epoch=False``: one row per (group, term) over the whole run
+    (``epoch`` is -1)."""
     prefix = "train/grad/"
     norm_cols = [c for c in frame.columns if c.startswith(prefix) and c.count("/") == 3
                  and not c.startswith(prefix + "weight/") and not c.endswith(("_step", "_epoch"))]
     if not norm_cols:
         return pd.DataFrame()
     diagnosed = frame.dropna(subset=norm_cols, how="all")
+    if not per_epoch:
+        diagnosed = diagnosed.assign(epoch=-1)
     means = diagnosed.groupby("epoch").mean(numeric_only=True)
     counts = diagnosed.groupby("epoch").size()
     rows = []
@@ -120,6 +123,13 @@ def clip_table(frame: pd.DataFrame) -> pd.DataFrame:
     means = frame.groupby("epoch")[[rate, norm]].mean().dropna(how="all")
     means.columns = ["clip_rate", "total_norm"]
     return means.reset_index()
+
+
+def clip_rate(frame: pd.DataFrame) -> float:
+    """The share of training steps at which the grad-norm clip acted (the mean of the epoch
+    rates; NaN without diagnostics)."""
+    table = clip_table(frame)
+    return float(table["clip_rate"].mean()) if not table.empty else math.nan
 
 
 def run_report(csv: Path) -> dict:
