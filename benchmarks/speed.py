@@ -41,6 +41,10 @@ METHODS = {
     "qfm": ["method.name=qfm"],
     "lml": ["method.name=lml"],
     "lml-b4": ["method.name=lml", "data.batch_size=4"],
+    # the gradient diagnostics at every step (one extra backward pass per loss term): the
+    # overhead at grad_every=N is about this one's / N
+    "deiqt-diag1": ["diagnostics.grad_every=1"],
+    "lml-b4-diag1": ["method.name=lml", "data.batch_size=4", "diagnostics.grad_every=1"],
 }
 
 
@@ -229,6 +233,7 @@ def main() -> None:
                     help="intra-op threads of PyTorch and onnxruntime (backends section)")
     ap.add_argument("--batch-size", type=int, default=8, help="photos per batch (backends)")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds per variant (backends)")
+    ap.add_argument("--name", help="results file name under benchmarks/results (default speed_<device>)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -269,7 +274,7 @@ def main() -> None:
             f"{cfg.data.test_patch_num}):\n\n" + (markdown(scoring, ["what", "images_per_s", "crops_per_s"]) if scoring else "(not run)\n")
             + "\nTraining step time (median over timed steps):\n\n"
             + (markdown(training, list(training[0].keys())) if training else "(not run)\n"))
-    write_results(f"speed_{device.type}", {"args": vars(args), "scoring": scoring, "training": training}, text)
+    write_results(args.name or f"speed_{device.type}", {"args": vars(args), "scoring": scoring, "training": training}, text)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,8 @@ class QFMConfig(Section):
     half_precision: Bool = Field(True, description="[R] store memory entries in fp16")
     warm_start: Literal["fill", "delay", "none"] = Field("fill", description="[R] fill: one no-grad pass before training; delay: noise loss only after warm-up")
     warm_fill_images: Int | None = Field(None, description="[R] images in the warm fill; None: up to capacity")
-    matching: Literal["least-similar", "adversarial", "random-quality", "random"] = Field(
-        "least-similar", description="[R] least-similar: among quality-matched others, one of the m least cosine-similar; adversarial: the one raising the perturbed loss most; random-quality: any quality match; random: unmatched random noise (ablation)")
+    matching: Literal["least-similar", "adversarial", "random-quality", "random", "none"] = Field(
+        "least-similar", description="[R] least-similar: among quality-matched others, one of the m least cosine-similar; adversarial: the one raising the perturbed loss most; random-quality: any quality match; random: unmatched random noise (ablation); none: no memory, no matching, no noise loss (with the teacher and kd: DEIQT self-distilled from the same teacher, the fair control)")
     tau_q: Float = Field(0.05, ge=0, description="[R] |label difference| allowed, on [0,1] labels")
     m: Int = Field(8, gt=0, description="[R] least-similar candidates to draw from")
     alpha: Float = Field(0.5, ge=0, description="[R] noise weight: P + alpha * P_n")
@@ -151,15 +151,25 @@ class LMLConfig(Section):
 
     crops: Int = Field(4, ge=2, description="[R] K crops per image per step")
     ema: Bool = Field(True, description="[R] EMA teacher (mutual learning); False: the student is its own teacher")
-    momentum: Float = Field(0.998, ge=0, le=1, description="[R] EMA momentum m")
+    momentum: Float = Field(0.998, ge=0, le=1, description="[R] EMA momentum m (with momentum_ramp: the final value)")
+    momentum_ramp: Literal["none", "cosine"] = Field("none", description="[R] none: m fixed; cosine: from momentum_start to momentum over training, m(t) = momentum - (momentum - momentum_start) (1 + cos(pi t/T)) / 2 (BYOL's schedule), so the early teacher follows the student")
+    momentum_start: Float = Field(0.9, ge=0, le=1, description="[R] the EMA momentum at step 0 under momentum_ramp=cosine")
     saliency: Literal["decoder", "vit-cls", "spectral", "random"] = Field("decoder", description="[R] teacher decoder cross-attention; ViT CLS attention; static spectral residual; random (ablation)")
     proj_dim: Int = Field(128, gt=0, description="[R] projector output size")
+    proj_input: Literal["score-vector", "global", "detached"] = Field("score-vector", description="[R] what the projector reads: score-vector: the mean of the panel members' outputs (the vector that is scored); global: the backbone's global feature c (class token / pooled map); detached: the score vector without gradient, so the contrastive loss trains the projector only (the null control)")
+    neg_mask_eps: Float | None = Field(None, ge=0, description="[R] leave crops of other images out of the inter-class negatives when their labels differ by less than this ([0,1] labels); None: every other image is a negative")
     temperature: Float = Field(0.1, gt=0, description="[R] InfoNCE temperature")
     alpha: Float = Field(1.0, ge=0, description="[R] weight of intra-class negatives (0 removes the local-manifold term)")
     lambda_c: Float = Field(0.05, ge=0, description="[R] contrastive loss weight")
     ramp_epochs: Float | None = Field(None, description="[R] linear ramp of lambda_c; None: the warm-up length")
     beta: Float = Field(0.0, ge=0, description="[R] weight of |student score - teacher score|")
     infer_with: Literal["student", "teacher", "best"] = Field("student", description="[R] which network the exported model is")
+
+
+class DiagnosticsConfig(Section):
+    """Training diagnostics (``nriqa.engine.diagnostics``); off by default."""
+
+    grad_every: Int = Field(0, ge=0, description="every N optimiser steps, log each loss term's gradient norm on the decoder, backbone and method parameters and their cosines (one extra backward pass per term), and every step the total gradient norm and whether the clip acted; 0: off")
 
 
 class MethodConfig(Section):
@@ -211,6 +221,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -398,7 +398,7 @@ def test_ablations_are_valid_overrides_and_recipes_load():
     from nriqa.config import list_recipes, load_config, recipe_path
 
     names = [n for n, _ in ABLATIONS]
-    assert names[:2] == ["deiqt", "qfm"] and len(set(names)) == len(names) == 13
+    assert names[:2] == ["deiqt", "qfm"] and len(set(names)) == len(names) == 14
     for name, overrides in ABLATIONS:
         cfg = load_config(None, overrides)
         assert cfg.method.name == ("deiqt" if name == "deiqt" else "qfm")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-ANALYSES = ("nriqa.analysis.semantic_noise", "nriqa.analysis.saliency")
+ANALYSES = ("nriqa.analysis.semantic_noise", "nriqa.analysis.saliency", "nriqa.analysis.run_logs")
 
 
 def add_parsers(sub) -> None:
-    analyze = sub.add_parser("analyze", help="pictures: semantic noise, saliency, embeddings")
+    analyze = sub.add_parser("analyze", help="pictures: semantic noise, saliency, embeddings; a run's logs as tables")
     inner = analyze.add_subparsers(dest="analysis", required=True)
     for name in ANALYSES:
         try:

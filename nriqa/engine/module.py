@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nriqa.config import RunConfig
+from nriqa.engine.diagnostics import diagnostic_groups, gradient_logs, total_grad_norm
 from nriqa.engine.schedule import lr_at
 from nriqa.errors import MetricError
 from nriqa.methods import StepContext, build_methods
@@ -42,6 +43,7 @@ class IQAModule(L.LightningModule):
         self.methods = nn.ModuleList(build_methods(cfg, self.model, context))
         self.loss_fn = nn.SmoothL1Loss(beta=cfg.optim.loss_beta)
         self._eval: dict[str, list[torch.Tensor]] = {}
+        self._compute = {"forward_crops": 0, "backward_crops": 0, "val_forward_crops": 0}
         self.last_eval: dict[str, dict] = {}
 
     @property
@@ -65,29 +67,80 @@ class IQAModule(L.LightningModule):
         for method in self.methods:
             method.on_fit_start(self)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict, StepContext]:
+        """The training loss of one batch: DEIQT's regression plus each method's extra loss.
+
+        Returns the loss, the values to log and the step's context (whose ``terms`` name every
+        loss term, for the gradient diagnostics)."""
         crops = batch["image"]
         b, k = crops.shape[:2]
         images = crops.flatten(0, 1)
         labels = batch["label"].float().repeat_interleave(k)
         c, tokens = self.model.features(images)
         out = self.model.head(c, tokens)
-        loss = self.loss_fn(out.score.float(), labels)
-        logs = {"train/loss_reg": loss.detach()}
         ctx = StepContext(batch=batch, images=images, labels=labels,
                           groups=batch["group"].repeat_interleave(k), crops_per_image=k, c=c,
                           tokens=tokens, out=out, model=self.model, module=self,
                           step=self.global_step,
                           epoch_float=self.global_step / self.steps_per_epoch)
+        loss = ctx.add_term("regression", self.loss_fn(out.score.float(), labels))
+        logs = {"train/loss_reg": loss.detach()}
         for method in self.methods:
             extra, method_logs = method.extra_loss(ctx)
             if extra is not None:
                 loss = loss + extra
             logs.update({f"train/{key}": value for key, value in method_logs.items()})
         logs["train/loss"] = loss.detach()
-        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=b * k, sync_dist=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=b)
+        return loss, logs, ctx
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logs, ctx = self.step_loss(batch)
+        n = ctx.images.shape[0]
+        self.count_compute(forward_crops=n, backward_crops=n)
+        every = self.cfg.diagnostics.grad_every
+        if every and ctx.step % every == 0:
+            self._log_gradients(ctx)
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=n, sync_dist=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True,
+                 batch_size=ctx.batch["image"].shape[0])
         return loss
+
+    def _log_gradients(self, ctx: StepContext) -> None:
+        """Each loss term's gradient norms and cosines (``nriqa.engine.diagnostics``), written
+        straight to the loggers as one row of this step: through ``self.log`` the values of the
+        steps in between would repeat the last diagnosed step's."""
+        groups = diagnostic_groups(self.model, self.methods)
+        metrics = {f"train/{k}": v for k, v in gradient_logs(ctx.terms, groups).items()}
+        metrics["epoch"] = self.current_epoch
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=ctx.step)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this with unscaled, not yet clipped gradients.
+        if not self.cfg.diagnostics.grad_every:
+            return
+        norm = total_grad_norm(p for g in optimizer.param_groups for p in g["params"])
+        clip = self.cfg.optim.grad_clip
+        self.log_dict({"train/grad/total_norm": norm,
+                       "train/grad/clipped": float(clip is not None and norm > clip)},
+                      on_step=True, on_epoch=True, batch_size=1, sync_dist=False)
+
+    # ---------------------------------------------------------------- compute count
+    def count_compute(self, forward_crops: int = 0, backward_crops: int = 0) -> None:
+        """Count training passes through the backbone, in crops (whole images at the input size
+        count as crops): the student's, and what the methods add (teachers, saliency, warm fill)."""
+        self._compute["forward_crops"] += int(forward_crops)
+        self._compute["backward_crops"] += int(backward_crops)
+
+    def compute_counts(self) -> dict[str, int]:
+        """This run's counts summed over ranks (a collective under DDP: call it on every rank)."""
+        counts = dict(self._compute)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            t = torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device)
+            t = trainer.strategy.reduce(t, reduce_op="sum")
+            counts = {k: int(v) for k, v in zip(counts, t.tolist())}
+        return counts
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         for method in self.methods:
@@ -105,10 +158,16 @@ class IQAModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nriqa_meta"] = getattr(self, "meta", None)
+        checkpoint["nriqa_compute"] = dict(self._compute)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._compute.update(checkpoint.get("nriqa_compute", {}))
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, stage: str, batch: dict) -> None:
         scores = self.model.score_crops(batch["image"]).float()
+        if stage == "val":
+            self._compute["val_forward_crops"] += batch["image"].shape[0] * batch["image"].shape[1]
         store = self._eval.setdefault(stage, [])
         store.append(torch.stack([batch["index"].float(), scores, batch["label"].float()], 1))
 

@@ -70,7 +70,7 @@ def split_parts(table: pd.DataFrame, split: Split, protocol: str) -> dict[str, p
 def method_context(cfg: RunConfig, parts: dict, out_dir: Path, settings: DataSettings) -> dict:
     context = {"train_table": parts["train"], "train_size": len(parts["train"]), "settings": settings}
     if "qfm" in cfg.method.name and cfg.method.qfm.teacher:
-        context["teacher"] = _teacher(cfg, parts, out_dir)
+        context["teacher"], context["teacher_compute"] = _teacher(cfg, parts, out_dir)
     return context
 
 
@@ -79,7 +79,7 @@ def _teacher(cfg: RunConfig, parts: dict, out_dir: Path):
     training part (never on the test part) and selected the same way."""
     q = cfg.method.qfm
     if q.teacher_checkpoint:
-        return load_model(q.teacher_checkpoint)[0]
+        return load_model(q.teacher_checkpoint)[0], _recorded_compute(Path(q.teacher_checkpoint))
     teacher_cfg = cfg.model_copy(deep=True)
     teacher_cfg.method = type(cfg.method)(name="deiqt")
     folder = Path(q.teacher_dir) / teacher_key(teacher_cfg, parts) if q.teacher_dir else out_dir / "teacher"
@@ -87,7 +87,37 @@ def _teacher(cfg: RunConfig, parts: dict, out_dir: Path):
     path = folder / "model.safetensors"
     if not path.is_file():
         fit_parts(teacher_cfg, parts, folder)
-    return load_model(path)[0]
+    return load_model(path)[0], _recorded_compute(path)
+
+
+def _recorded_compute(model_path: Path) -> dict | None:
+    """The training compute recorded beside a model (its run's results.json), if any."""
+    import json
+
+    try:
+        return json.loads((model_path.parent / "results.json").read_text()).get("compute")
+    except (OSError, ValueError):
+        return None
+
+
+def compute_summary(own: dict[str, int], teacher: dict | str | None) -> dict:
+    """``results.json``'s ``compute``: training passes through the backbone, in crops.
+
+    ``forward_crops`` / ``backward_crops`` are the totals *including* the training of a teacher
+    this run distilled from (its own ``compute`` totals); ``own`` is this run alone (student
+    forward and backward, teacher forward, saliency and warm-fill passes); ``val_forward_crops``
+    (the selection's passes) is reported beside and left out of the totals. A teacher whose
+    compute was not recorded is marked ``teacher: "unknown"``."""
+    out = {"forward_crops": own["forward_crops"], "backward_crops": own["backward_crops"],
+           "val_forward_crops": own.get("val_forward_crops", 0), "own": dict(own)}
+    if teacher is not None:
+        if isinstance(teacher, dict) and "forward_crops" in teacher:
+            out["forward_crops"] += int(teacher["forward_crops"])
+            out["backward_crops"] += int(teacher["backward_crops"])
+            out["teacher"] = {k: teacher[k] for k in ("forward_crops", "backward_crops")}
+        else:
+            out["teacher"] = "unknown"
+    return out
 
 
 def teacher_key(cfg: RunConfig, parts: dict) -> str:
@@ -240,6 +270,8 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     exported = choose_export(module, parts["select"], cfg, settings, trainer.strategy.root_device)
     trainer.test(module, datamodule=data, verbose=False)
     test = module.last_eval.get("test", {})
+    teacher_compute = context.get("teacher_compute") or ("unknown" if "teacher" in context else None)
+    compute = compute_summary(module.compute_counts(), teacher_compute)
     results = {
         "protocol": cfg.split.protocol,
         "selection": "best val PLCC" if cfg.split.protocol == "honest"
@@ -252,6 +284,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
         "sizes": {k: len(v) for k, v in parts.items()},
         "method": cfg.method.name,
         "dataset": cfg.data.dataset,
+        "compute": compute,
     }
     if split is not None:
         results["split"] = {"index": split.index, "seed": split.seed, "mode": split.mode,

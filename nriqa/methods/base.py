@@ -34,6 +34,18 @@ class StepContext:
     step: int  # global optimiser step
     epoch_float: float  # fractional epoch, for ramps
     extras: dict[str, Any] = field(default_factory=dict)  # shared between composed methods
+    #: named loss terms of this step, ``{name: (unweighted loss, weight)}``, for the gradient
+    #: diagnostics (``nriqa.engine.diagnostics``); the engine registers ``regression``.
+    terms: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
+
+    def add_term(self, name: str, loss: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """Register a loss term (for the diagnostics) and return it weighted, ``weight * loss``.
+
+        Names must be unique within a step (composed methods use distinct names)."""
+        if name in self.terms:
+            raise ValueError(f"loss term {name!r} registered twice in one step")
+        self.terms[name] = (loss, float(weight))
+        return float(weight) * loss
 
 
 class Method(nn.Module):
@@ -67,6 +79,11 @@ class Method(nn.Module):
 
     def select_network(self, name: str) -> None:
         """Told which candidate of :meth:`export_candidates` validated best."""
+
+    def count(self, module: IQAModule | None, forward_crops: int = 0, backward_crops: int = 0) -> None:
+        """Add this method's extra passes (teacher, saliency, warm fill) to the run's compute count."""
+        if module is not None and hasattr(module, "count_compute"):
+            module.count_compute(forward_crops, backward_crops)
 
     def export_model(self, model: DEIQT) -> DEIQT:
         """The network to export for inference (the student by default)."""

@@ -73,7 +73,8 @@ def ablations_for(backbone_has_cls: bool) -> list[tuple[str, list[str]]]:
 
 def lml_infonce(q: torch.Tensor, k: torch.Tensor, image_ids: torch.Tensor,
                 salient_mask: torch.Tensor, tau: float, alpha: float,
-                exclude_ids: torch.Tensor | None = None) -> torch.Tensor:
+                exclude_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                neg_mask_eps: float | None = None) -> torch.Tensor:
     r"""LML-IQA's local-manifold InfoNCE, the mean over all M crops (anchors).
 
     ``q`` ``(M,D)`` student embeddings (anchors), ``k`` ``(M,D)`` teacher embeddings (keys; no
@@ -93,6 +94,10 @@ def lml_infonce(q: torch.Tensor, k: torch.Tensor, image_ids: torch.Tensor,
 
     ``exclude_ids`` (optional, ``(M,)``): crops of *other* items with the same id (the same
     picture drawn twice into one batch) are left out of the inter-class negatives.
+
+    ``labels`` ``(M,)`` and ``neg_mask_eps`` (optional): crops of other images whose label differs
+    from the anchor's by less than ``neg_mask_eps`` are left out of the inter-class negatives
+    (:func:`inter_class_mask`), so that an image of the same quality is not pushed away.
     """
     if q.shape != k.shape or q.dim() != 2:
         raise ValueError(f"q and k must both be (M, D), got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -109,15 +114,33 @@ def lml_infonce(q: torch.Tensor, k: torch.Tensor, image_ids: torch.Tensor,
         raise ValueError("salient_mask must mark exactly one crop of every image")
     eye = torch.eye(m, dtype=torch.bool, device=q.device)
     intra = same & ~sal[None, :] & ~eye
-    inter = ~same
-    if exclude_ids is not None:
-        ex = exclude_ids.reshape(-1)
-        inter = inter & (ex[:, None] != ex[None, :])
+    inter = inter_class_mask(ids, exclude_ids, labels, neg_mask_eps)
     weights = positive.float() + inter.float() + float(alpha) * intra.float()  # disjoint sets
     logits = q @ k.t() / float(tau)
     z = (logits + torch.log(weights.clamp_min(1e-30))).masked_fill(weights <= 0, float("-inf"))
     pos_logit = (logits * positive.float()).sum(1)
     return (torch.logsumexp(z, dim=1) - pos_logit).mean()
+
+
+def inter_class_mask(image_ids: torch.Tensor, exclude_ids: torch.Tensor | None = None,
+                     labels: torch.Tensor | None = None,
+                     neg_mask_eps: float | None = None) -> torch.Tensor:
+    """``(M, M)`` bool: which keys are inter-class negatives of which anchor.
+
+    Crops of other images, less those of another item with the same ``exclude_ids`` (the same
+    picture twice in a batch) and, with ``neg_mask_eps``, those whose label is within
+    ``neg_mask_eps`` of the anchor's (``|y_j - y_l| < eps``)."""
+    ids = image_ids.reshape(-1)
+    inter = ids[:, None] != ids[None, :]
+    if exclude_ids is not None:
+        ex = exclude_ids.reshape(-1).to(ids.device)
+        inter = inter & (ex[:, None] != ex[None, :])
+    if neg_mask_eps is not None:
+        if labels is None:
+            raise ValueError("neg_mask_eps needs the crops' labels")
+        y = labels.reshape(-1).to(ids.device).double()
+        inter = inter & ((y[:, None] - y[None, :]).abs() >= float(neg_mask_eps))
+    return inter
 
 
 # ------------------------------------------------------------------------------- saliency
@@ -309,6 +332,11 @@ class LMLMethod(Method):
             self.teacher_projector = None
         self._grid: dict[int, tuple[int, int]] = {}
         self.best_network: str | None = None  # set by select_network for infer_with=best
+        self.epochs = float(cfg.optim.epochs)
+        self._epoch_float = 0.0  # of the last step, for the momentum ramp of its EMA update
+        # each image's last teacher saliency map (CPU, fp16), for the between-steps agreement
+        self._last_maps: dict[int, torch.Tensor] = {}
+        self._agreement: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- engine seam
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -327,8 +355,21 @@ class LMLMethod(Method):
     def after_optimizer_step(self, model) -> None:
         if self.teacher is None:
             return
-        ema_update_(self.teacher, model, self.lml.momentum)
-        ema_update_(self.teacher_projector, self.projector, self.lml.momentum)
+        m = self.momentum_at(self._epoch_float)
+        ema_update_(self.teacher, model, m)
+        ema_update_(self.teacher_projector, self.projector, m)
+
+    def momentum_at(self, epoch_float: float) -> float:
+        """The EMA momentum after a step at this fractional epoch: ``momentum``, or under
+        ``momentum_ramp=cosine`` ``momentum - (momentum - momentum_start) (1 + cos(pi t)) / 2``
+        with t = epoch_float / epochs clamped to [0, 1] (BYOL's schedule, from the start value
+        up to ``momentum``)."""
+        lml = self.lml
+        if lml.momentum_ramp == "none":
+            return float(lml.momentum)
+        t = min(1.0, max(0.0, epoch_float / self.epochs)) if self.epochs > 0 else 1.0
+        return float(lml.momentum - (lml.momentum - lml.momentum_start)
+                     * (1.0 + math.cos(math.pi * t)) / 2.0)
 
     def teacher_networks(self, model) -> tuple[nn.Module, nn.Module]:
         """(DEIQT, projector) of the teacher: the EMA copies, or the student's own (``ema=False``)."""
@@ -368,7 +409,31 @@ class LMLMethod(Method):
             maps = saliency_maps(teacher, batch["full"], kind, size, grid)
         finally:
             teacher.train(was)
-        return box_saliency(maps, batch["boxes"].float(), BOX_RESOLUTION)
+        if kind != "spectral":  # one teacher pass per whole image
+            self.count(ctx.module, forward_crops=len(maps))
+        sal = box_saliency(maps, batch["boxes"].float(), BOX_RESOLUTION)
+        if kind != "spectral":  # a static map always agrees with itself
+            self._agreement = self._salient_agreement(maps, batch, sal.argmax(1))
+        return sal
+
+    @torch.no_grad()
+    def _salient_agreement(self, maps: torch.Tensor, batch: dict, salient: torch.Tensor):
+        """Share of this batch's images, among those seen before, whose previous saliency map
+        (from an earlier step's teacher) picks the same crop among today's boxes; None when no
+        image was seen before. Remembers today's maps."""
+        index = batch.get("index")
+        if index is None:
+            return None
+        keys = [int(i) for i in index.tolist()]
+        seen = [j for j, key in enumerate(keys) if key in self._last_maps]
+        agree = None
+        if seen:
+            old = torch.stack([self._last_maps[keys[j]] for j in seen]).to(maps.device, maps.dtype)
+            old_pick = box_saliency(old, batch["boxes"][seen].float(), BOX_RESOLUTION).argmax(1)
+            agree = (old_pick == salient[seen].to(old_pick.device)).float().mean()
+        for j, key in enumerate(keys):
+            self._last_maps[key] = maps[j].detach().to("cpu", torch.float16)
+        return agree
 
     def random_salient(self, ctx: StepContext, b: int, k: int) -> torch.Tensor:
         """Seeded random salient crops: from ``(seed, step, table index)`` of each image."""
@@ -388,6 +453,8 @@ class LMLMethod(Method):
         device = ctx.images.device
         logs: dict[str, torch.Tensor | float] = {}
 
+        self._epoch_float = float(ctx.epoch_float)
+        self._agreement = None
         sal = self.crop_saliency(ctx)
         if sal is None:
             salient = self.random_salient(ctx, b, k_crops)
@@ -396,31 +463,55 @@ class LMLMethod(Method):
             p = sal.clamp_min(0) / sal.clamp_min(0).sum(1, keepdim=True).clamp_min(1e-12)
             entropy = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(k_crops)
             logs["lml_salient_entropy"] = entropy.mean().detach()
+        if self._agreement is not None:
+            logs["lml_salient_agree"] = self._agreement
         salient_mask = F.one_hot(salient, k_crops).bool().reshape(-1)
         image_ids = torch.arange(b, device=device).repeat_interleave(k_crops)
         exclude = ctx.batch.get("index")
         exclude = exclude.to(device).repeat_interleave(k_crops) if exclude is not None else None
 
-        q = self.projector(ctx.out.tokens.mean(1))
+        q = self.projector(self.projector_input(ctx.c, ctx.out, student=True))
         teacher, t_proj = self.teacher_networks(ctx.model)
         with torch.no_grad():
             # Without EMA the student is its own teacher: reuse its forward pass.
-            t_out = (ctx.out if self.teacher is None
-                     else teacher.head(*teacher.features(ctx.images)))
-            keys = t_proj(t_out.tokens.detach().mean(1))
+            if self.teacher is None:
+                t_c, t_out = ctx.c, ctx.out
+            else:
+                t_c, t_tokens = teacher.features(ctx.images)
+                t_out = teacher.head(t_c, t_tokens)
+                self.count(ctx.module, forward_crops=m)
+            keys = t_proj(self.projector_input(t_c, t_out, student=False).detach())
             t_score = t_out.score.detach().float()
 
+        labels = ctx.labels.to(device)
         loss_c = lml_infonce(q, keys, image_ids, salient_mask, self.lml.temperature,
-                             self.lml.alpha, exclude_ids=exclude)
+                             self.lml.alpha, exclude_ids=exclude, labels=labels,
+                             neg_mask_eps=self.lml.neg_mask_eps)
         weight = self.lambda_c(ctx.epoch_float)
-        total = weight * loss_c
+        total = ctx.add_term("contrastive", loss_c, weight)
         if self.lml.beta > 0:
             mt = (ctx.out.score.float() - t_score).abs().mean()
-            total = total + self.lml.beta * mt
+            total = total + ctx.add_term("mutual", mt, self.lml.beta)
             logs["lml_mt_loss"] = mt.detach()
+        if self.lml.neg_mask_eps is not None:
+            kept = inter_class_mask(image_ids, exclude, labels, self.lml.neg_mask_eps).sum()
+            possible = inter_class_mask(image_ids, exclude).sum().clamp_min(1)
+            logs["lml_neg_masked"] = (1 - kept / possible).float()
+        if self.teacher is not None:
+            logs["lml_momentum"] = self.momentum_at(ctx.epoch_float)
         logs.update(lml_loss=loss_c.detach(), lml_weight=weight,
                     **_similarity_logs(q.detach(), keys, image_ids, salient_mask))
         return total, logs
+
+    def projector_input(self, c: torch.Tensor, out, student: bool) -> torch.Tensor:
+        """What the projector reads (``proj_input``): the score vector (the mean of the panel
+        members' outputs), the global feature ``c``, or for ``detached`` the score vector
+        without gradient into the student (the teacher side is always without gradient)."""
+        kind = self.lml.proj_input
+        if kind == "global":
+            return c
+        x = out.tokens.mean(1)
+        return x.detach() if kind == "detached" and student else x
 
     # ---------------------------------------------------------------- export
     def teacher_model(self, model):

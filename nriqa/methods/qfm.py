@@ -60,6 +60,8 @@ ABLATIONS: list[tuple[str, list[str]]] = [
     ("qfm-no-teacher", ["method.name=qfm", "method.qfm.teacher=false"]),
     ("qfm-no-kd", ["method.name=qfm", "method.qfm.kd=false"]),
     ("qfm-tokens-only", ["method.name=qfm", "method.qfm.perturb=tokens"]),
+    # the fair control: DEIQT self-distilled from the same teacher, no memory, no matching
+    ("qfm-kd-only", ["method.name=qfm", "method.qfm.matching=none"]),
 ]
 
 
@@ -354,7 +356,9 @@ class QFMMethod(Method):
         if train_size is None and self.train_table is not None:
             train_size = len(self.train_table)
         self.capacity = q.capacity or default_capacity(train_size)
-        self.memory = FeatureMemory(self.capacity, q.half_precision) if q.memory else None
+        # matching=none: no memory, no matching, no noise (the KD-only control)
+        use_memory = q.memory and q.matching != "none"
+        self.memory = FeatureMemory(self.capacity, q.half_precision) if use_memory else None
         self.teacher: nn.Module | None = None
         if q.teacher:
             teacher = context.get("teacher")
@@ -469,6 +473,7 @@ class QFMMethod(Method):
                     parts = [(c, tokens, SOURCE_STUDENT)]
                     if self.teacher is not None:
                         parts.append((*self.teacher.features(x), SOURCE_TEACHER))
+                self.count(module, forward_crops=len(x) * len(parts))
                 self.memory.push(*_stack_entries(parts, labels, groups, index))
         finally:
             model.train(was_training)
@@ -506,6 +511,7 @@ class QFMMethod(Method):
             with self._autocast(module):
                 c, tokens = self.teacher.features(x)
                 score = self.teacher.head(c, tokens).score
+            self.count(module, forward_crops=len(x))
             pos = torch.tensor(positions)[batch["index"][ok]]
             out["c"].append(c.to("cpu", self.memory_dtype))
             out["tokens"].append(tokens.to("cpu", self.memory_dtype))
@@ -547,7 +553,7 @@ class QFMMethod(Method):
 
     # ---------------------------------------------------------------- the step
     def _noise_active(self, ctx: StepContext) -> bool:
-        if self.q.lambda_noise <= 0:
+        if self.q.lambda_noise <= 0 or self.q.matching == "none":
             return False
         return not (self.q.warm_start == "delay" and ctx.epoch_float < self.warmup_epochs)
 
@@ -575,11 +581,12 @@ class QFMMethod(Method):
                         f"{tuple(tokens.shape[1:])}: they must share the token count and width")
                 parts.append((t_c, t_tokens, SOURCE_TEACHER))
                 t_score = self.teacher.head(t_c, t_tokens).score.float() if q.kd else None
+            self.count(ctx.module, forward_crops=n)
             if q.kd:
                 kd = F.smooth_l1_loss(ctx.out.score.float(), t_score, beta=self.beta)
                 logs["qfm_kd"] = kd.detach()
                 if q.lambda_kd > 0:
-                    total = q.lambda_kd * kd
+                    total = ctx.add_term("kd", kd, q.lambda_kd)
         entries = _stack_entries(parts, labels, groups, index)
         if self._pseudo is not None:
             k = q.pseudo_per_step if q.pseudo_per_step is not None else n
@@ -597,7 +604,7 @@ class QFMMethod(Method):
             logs["qfm_fallback"] = fallback
             if noise is not None:
                 logs["qfm_noise"] = noise.detach()
-                term = q.lambda_noise * noise
+                term = ctx.add_term("noise", noise, q.lambda_noise)
                 total = term if total is None else total + term
 
         # 5. this step's entries enter the memory (a collective under DDP: every rank, every step)
