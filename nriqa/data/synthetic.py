@@ -88,6 +88,10 @@ LABEL_COLUMNS = ("path", "score", "group", "dist_type", "level", "ref_path")
 
 Distortion = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
+# Strong saturation and brightening leave the sRGB gamut; clipping is intended (as in KADID).
+# A filter, not catch_warnings: the builder's threads would race on the warning state.
+warnings.filterwarnings("ignore", message="Conversion from CIE-LAB", category=UserWarning)
+
 
 # --------------------------------------------------------------------------------------------
 # Human-opinion calibration: KADID-10k's mean score per distortion type and level
@@ -223,9 +227,7 @@ def _lab(x: np.ndarray) -> np.ndarray:
 def _rgb(lab: np.ndarray) -> np.ndarray:
     from skimage.color import lab2rgb
 
-    with warnings.catch_warnings():  # out-of-gamut colours are clipped, as intended
-        warnings.simplefilter("ignore")
-        return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
+    return np.clip(lab2rgb(lab), 0, 1).astype(np.float32)
 
 
 def _curve(x: np.ndarray, mid: float) -> np.ndarray:
@@ -716,6 +718,16 @@ def _default_workers() -> int:
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
     return max(1, min(n, 8))
+
+
+def is_built(root: str | Path | None = None, seed: int = 0, size: int = DEFAULT_SIZE,
+             levels: int = N_LEVELS, distortions=None, references=None) -> bool:
+    """True when a complete build with these parameters is at ``root`` (default: its cache)."""
+    dists = _resolve_names(distortions, DISTORTIONS, "distortion(s)")
+    refs = _resolve_names(references, REFERENCES, "reference(s)")
+    if root is None:
+        root = embedded_dir(seed, size, levels, dists, refs)
+    return _is_complete(Path(root), _params(seed, size, severities(levels), dists, refs))
 
 
 def build_embedded(
