@@ -121,8 +121,9 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
          f"({cfg.optim.schedule}); epoch chosen on validation PLCC; test on "
          f"{settings.test_patch_num} crop(s) per image")
     _say("  probe   ridge regression on the frozen backbone's features (the baseline)")
-    _say(f"  time    about {_duration(plan['seconds'])} on 2 CPU cores "
-         f"(torch threads: {_threads()}, load {load_start[0]:.1f})")
+    _say(f"  time    about {_duration(plan['seconds'])} for probe, training and test on 2 idle CPU "
+         f"cores (torch threads: {_threads()}; load average now {_load()[0]:.1f}: a busy machine "
+         "is slower)")
     _say()
 
     from nriqa.outputs.probe import frozen_probe
