@@ -213,8 +213,8 @@ def cmd_models(args) -> int:
 def cmd_demo(args) -> int:
     from nriqa.outputs.demo import run_demo
 
-    report = run_demo(args.output_dir, quick=args.quick, overrides=args.overrides)
-    print(f"report: {report}")
+    run_demo(args.output_dir, quick=args.quick, overrides=args.overrides,
+             keep_checkpoints=args.keep_checkpoints, tiny=args.tiny)
     return 0
 
 
@@ -233,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded dataset")
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 2 minutes once the dataset is cached: one short epoch (lower scores)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the Lightning training checkpoints (about 70 MB each)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: seconds
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_demo)
 

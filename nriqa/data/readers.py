@@ -925,7 +925,7 @@ def read_generic_csv(
 
 def read_embedded(root, label_file, *, scale: Scale, problems=None) -> pd.DataFrame:
     """The embedded synthetic dataset's ``labels.csv`` (``path,score,group,dist_type,level[,ref_path]``;
-    score = full-reference quality in [0, 1], higher is better)."""
+    score = KADID-calibrated quality in [0, 1], higher is better)."""
     header, _ = read_csv_rows(label_path(root, label_file), [])
     extras = [c for c in ("dist_type", "level", "ref_path") if c in header]
     table = read_generic_csv(root, label_file, scale=scale, problems=problems, group_column="group",

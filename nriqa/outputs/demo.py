@@ -1,81 +1,269 @@
-"""``nriqa demo``: the main job on the embedded dataset, end to end on a CPU.
+"""``nriqa demo``: the main job on the embedded dataset, end to end on a CPU, in minutes.
 
-Builds the synthetic dataset from photos bundled with scikit-image and scikit-learn, trains the
-DEIQT baseline from the offline EfficientNet-Lite0 ImageNet weights with a split by reference image
-(so test contents are unseen), evaluates on the held-out references, scores a few images with the
-exported model, and writes ``report.md`` with the metrics and a scatter plot.
+1. Build (or find cached) the embedded dataset: KADID-10k's distortions of the photos bundled with
+   scikit-image, scikit-learn and matplotlib, labelled with KADID's human scores.
+2. Split it by reference photo (train / validation / test never share a photo).
+3. The frozen-feature probe: ridge regression on the ImageNet backbone's pooled features, its
+   penalty chosen on the validation part; the baseline that training has to beat.
+4. Train DEIQT from the offline EfficientNet-Lite0 ImageNet weights, the epoch selected on the
+   validation part, and test it on the held-out photos.
+5. Write the report (metrics, pictures) and the exported model; print where everything is.
+
+The test part is only ever used for the numbers reported, never for a choice.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import sys
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+from nriqa.config import RunConfig, load_config
 
-from nriqa.config import load_config
-from nriqa.io import atomic_write_text
+#: Rough costs on 2 otherwise idle CPU cores (benchmarks/results/speed_cpu.md): seconds per
+#: training crop (the last two stages trained) and per scored crop of tf_efficientnet_lite0 at
+#: 224 px, and images per second for the dataset build. Only used for the time the plan announces.
+SECONDS_PER_TRAIN_CROP = 0.035
+SECONDS_PER_EVAL_CROP = 0.033
+BUILD_IMAGES_PER_S = 15.0
+
+QUICK = ["optim.epochs=1", "data.patch_num=1", "data.test_patch_num=1", "trainer.limit_train_batches=24"]
+# Test-only: a tiny transformer on 48 px images of five photos, four distortions (seconds).
+TINY = ["model.backbone=vit_tiny_patch16_224", "model.weights=none", "model.img_size=32",
+        "model.width=64", "model.heads=2", "model.queries=3",
+        "model.backbone_kwargs={depth: 2, embed_dim: 64, num_heads: 2}", "model.freeze=[]",
+        "model.freeze_bn=false", "data.crop_size=32", "data.batch_size=8",
+        "data.eval_batch_size=8", "data.num_workers=0", "optim.epochs=2",
+        "optim.warmup_epochs=0.5", "trainer.limit_train_batches=null"]
+TINY_DATA = {"size": 48, "references": ["astronaut", "coffee", "chelsea", "china", "flower"],
+             "distortions": ["gaussian_blur", "white_noise", "jpeg", "darken"]}
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    model: Path
+    dataset: Path
+    metrics: dict  # held-out metrics of the trained model
+    probe: dict  # held-out metrics of the frozen-feature probe
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
-             overrides: list[str] | None = None) -> Path:
-    from nriqa.engine.train import fit
-    from nriqa.outputs.report import scatter_plot, write_scores
-    from nriqa.outputs.scoring import Scorer
+             overrides: list[str] | None = None, keep_checkpoints: bool = False,
+             tiny: bool = False) -> DemoResult:
+    from nriqa.data import synthetic
+
+    _say(f"nriqa demo{' --quick' if quick else ''}: train a blind quality model on a CPU and "
+         "test it on photos it never saw")
+    # Frozen BatchNorm layers are in eval mode on purpose (model.freeze_bn).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    start = time.perf_counter()
+    load_start = _load()
+    out = Path(output_dir)
+    extra = [f"trainer.output_dir={out}", "trainer.progress_bar=false"]
+    extra += QUICK if quick else []
+    extra += TINY if tiny else []
+    cfg = load_config("cpu_demo", extra + list(overrides or []))
+    data_opts = TINY_DATA if tiny else {}
+    root = synthetic.embedded_dir(**data_opts)
+    cached = synthetic.is_built(root, **data_opts)
+    n_refs = len(data_opts.get("references") or synthetic.REFERENCES)
+    n_dists = len(data_opts.get("distortions") or synthetic.DISTORTIONS)
+    n_images = n_refs * n_dists * synthetic.N_LEVELS
+
+    _say(f"  data    embedded dataset: {n_refs} bundled photos x {n_dists} KADID-10k distortions x "
+         f"{synthetic.N_LEVELS} levels = {n_images} images, labelled with KADID-10k's mean human "
+         "score per distortion and level")
+    _say(f"          {'found in the cache' if cached else 'building it now (first run only, about '}"
+         f"{'' if cached else _duration(n_images / BUILD_IMAGES_PER_S) + ')'}: {root}")
+    t = time.perf_counter()
+    root = synthetic.build_embedded(root, **data_opts)
+    build_s = time.perf_counter() - t
+    if not cached:
+        _say(f"          built in {build_s:.0f} s")
+    cfg.data.root = str(root)
+
+    from nriqa.engine.data import resolve_data_settings
+    from nriqa.engine.train import split_parts
     from nriqa.protocol.runner import load_table, split_for
 
-    out = Path(output_dir)
-    extra = [f"trainer.output_dir={out}"] + (["optim.epochs=1", "data.patch_num=2",
-                                             "trainer.limit_train_batches=4"] if quick else [])
-    cfg = load_config("cpu_demo", extra + list(overrides or []))
-    start = time.perf_counter()
     table = load_table(cfg.data)
     split = split_for(cfg, table, cfg.split.index)
+    parts = split_parts(table, split, cfg.split.protocol)
+    settings = resolve_data_settings(cfg)
+    plan = _plan(cfg, parts, settings)
+    refs = {k: sorted(v["group"].unique()) for k, v in parts.items()}
+    _say(f"  split   by photo: train {len(refs['train'])} photos ({len(parts['train'])} images), "
+         f"validation {len(refs['select'])} ({', '.join(refs['select'])}), "
+         f"test {len(refs['test'])} ({', '.join(refs['test'])})")
+    weights = "random init" if cfg.model.weights == "none" else f"{cfg.model.weights} ImageNet weights"
+    _say(f"  model   DEIQT, backbone {cfg.model.backbone} ({weights}), "
+         f"{_trainable(cfg)}")
+    _say(f"  method  {plan['epochs']} epoch(s) x {plan['steps_per_epoch']} steps of "
+         f"{cfg.data.batch_size} random {cfg.data.crop_size} px crops, lr {cfg.optim.lr:g} "
+         f"({cfg.optim.schedule}); epoch chosen on validation PLCC; test on "
+         f"{settings.test_patch_num} crop(s) per image")
+    _say("  probe   ridge regression on the frozen backbone's features (the baseline)")
+    _say(f"  time    about {_duration(plan['seconds'])} for probe, training and test on 2 idle CPU "
+         f"cores (torch threads: {_threads()}; load average now {_load()[0]:.1f}: a busy machine "
+         "is slower)")
+    _say()
+
+    from nriqa.outputs.probe import frozen_probe
+
+    t = time.perf_counter()
+    probe = frozen_probe(cfg, parts, settings)
+    probe_s = time.perf_counter() - t
+    _say(f"probe: held-out SRCC {probe['test']['srcc']:.3f}, PLCC {probe['test']['plcc']:.3f} "
+         f"(ridge alpha {probe['alpha']:g} chosen on validation; {probe_s:.0f} s)")
+
+    from nriqa.engine.train import fit_parts
+
     out.mkdir(parents=True, exist_ok=True)
-    result = fit(cfg, table, split, out)
-    train_seconds = time.perf_counter() - start
-
-    preds = pd.read_csv(out / "test_predictions.csv")
-    scatter_plot(preds["prediction"], preds["label"], out / "scatter.png",
-                 title=f"DEIQT ({cfg.model.backbone}) on held-out references")
-    sample = preds.sort_values("label")["path"].iloc[:: max(len(preds) // 5, 1)].tolist()[:6]
-    scored = Scorer.from_checkpoint(result.model_path).score_paths(sample)
-    write_scores(scored, out / "sample_scores.csv")
-
+    t = time.perf_counter()
+    bar = demo_progress(plan["epochs"] * plan["steps_per_epoch"], plan["epochs"])
+    result = fit_parts(cfg, parts, out, split, callbacks=(bar,))
+    train_s = time.perf_counter() - t
+    if not keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     test = result.results["test"]
-    lines = [
-        "# nriqa demo report",
-        "",
-        f"DEIQT baseline, backbone `{cfg.model.backbone}` ({cfg.model.weights} weights), trained on "
-        f"the embedded synthetic dataset ({len(table)} images, {table['group'].nunique()} reference "
-        f"contents; labels are SSIM-based full-reference quality, not human opinion).",
-        "",
-        f"Split by reference image: train {len(split.train)}, validation {len(split.val)}, "
-        f"test {len(split.test)} images. Protocol: **{result.results['protocol']}** "
-        f"({result.results['selection']}), selected epoch {result.results['selected_epoch']}.",
-        "",
-        "| metric (held-out references) | value |",
-        "|---|---|",
-        *(f"| {k.upper()} | {v:.4f} |" for k, v in test.items() if k != "n"),
-        f"| images | {test['n']} |",
-        "",
-        f"Wall time (build data + train + test): {train_seconds:.0f} s.",
-        "",
-        "Read these numbers as a check that the whole pipeline runs, not as a quality claim: the "
-        "labels are a full-reference proxy (SSIM), which is not comparable across contents, and the "
-        "test part is only the held-out reference photos, so a blind model must rank distortions "
-        "on contents it never saw from a few minutes of CPU training. The models for real photos "
-        "are measured in BENCHMARKS.md.",
-        "",
-        "![predicted vs label](scatter.png)",
-        "",
-        "Scores of a few held-out images (`nriqa score`, [0, 1], higher = better):",
-        "",
-        "| image | label | score |",
-        "|---|---|---|",
-    ]
-    labels = dict(zip(preds["path"], preds["label"]))
-    lines += [f"| {Path(r.path).name} | {labels[r.path]:.3f} | {r.score:.3f} |" for r in scored]
-    report = out / "report.md"
-    atomic_write_text(report, "\n".join(lines) + "\n")
-    return report
+    _say(f"trained: held-out SRCC {test['srcc']:.3f}, PLCC {test['plcc']:.3f} "
+         f"(epoch {result.results['selected_epoch'] + 1} selected on validation; {train_s:.0f} s)")
+
+    from nriqa.outputs.report import write_demo_report
+
+    wall = time.perf_counter() - start
+    facts = {"cfg": cfg, "parts": parts, "refs": refs, "probe": probe, "results": result.results,
+             "timing": {"build_s": build_s, "cached": cached, "probe_s": probe_s,
+                        "train_s": train_s, "wall_s": wall},
+             "load": {"start": load_start, "end": _load()}, "threads": _threads(),
+             "quick": quick, "dataset": root, "plan": plan}
+    report = write_demo_report(out, facts, result.model_path)
+    wall = time.perf_counter() - start
+
+    _say()
+    _say(f"held-out photos ({', '.join(refs['test'])}; never seen in training or selection):")
+    _say(f"  trained model   SRCC {test['srcc']:.3f}  PLCC {test['plcc']:.3f}")
+    _say(f"  frozen probe    SRCC {probe['test']['srcc']:.3f}  PLCC {probe['test']['plcc']:.3f}")
+    _say(f"wall time {_duration(wall)} (load average {load_start[0]:.1f} at start, "
+         f"{_load()[0]:.1f} at end)")
+    _say(f"report    {report}")
+    _say(f"model     {result.model_path}  (nriqa score photos/ --checkpoint {result.model_path})")
+    kept = "checkpoints kept" if keep_checkpoints else "no training checkpoints kept (--keep-checkpoints)"
+    _say(f"run       {out}  ({_size(out)}; {kept})")
+    _say(f"dataset   {root}  ({_size(root)}; clear the cache with: rm -rf {synthetic.cache_root()})")
+    return DemoResult(report, result.model_path, root, test, probe["test"], wall,
+                      {"build_s": build_s, "train_s": train_s, "probe_s": probe_s})
+
+
+def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
+    per_epoch = math.ceil(len(parts["train"]) * settings.patch_num / cfg.data.batch_size)
+    limit = cfg.trainer.limit_train_batches
+    if isinstance(limit, int) and limit > 0:
+        per_epoch = min(per_epoch, limit)
+    elif isinstance(limit, float):
+        per_epoch = max(1, int(per_epoch * limit))
+    epochs = cfg.optim.epochs
+    train_crops = epochs * per_epoch * cfg.data.batch_size
+    n_eval = len(parts["select"]) * epochs + 2 * len(parts["test"])
+    probe = sum(len(p) for k, p in parts.items() if k != "select") + len(parts["select"])
+    eval_crops = (n_eval + probe) * settings.test_patch_num
+    seconds = train_crops * SECONDS_PER_TRAIN_CROP + eval_crops * SECONDS_PER_EVAL_CROP
+    return {"epochs": epochs, "steps_per_epoch": per_epoch, "seconds": seconds + 15}
+
+
+def _trainable(cfg: RunConfig) -> str:
+    frozen = cfg.model.freeze
+    if not frozen:
+        return "all layers trained"
+    blocks = [f for f in frozen if f.startswith("blocks.")]
+    stem = "stem and " if "conv_stem" in frozen else ""
+    last = f"blocks up to {blocks[-1]}" if blocks else ""
+    bn = ", BatchNorm statistics frozen" if cfg.model.freeze_bn else ""
+    return f"{stem}{last} frozen (ImageNet features), the rest and the decoder trained{bn}"
+
+
+def _load() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:  # not available on this platform
+        return (float("nan"),) * 3
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _size(path: Path) -> str:
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return f"{total / 1e6:.0f} MB" if total >= 1e6 else f"{total / 1e3:.0f} kB"
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def demo_progress(total_steps: int, epochs: int):
+    """One progress bar for the whole training: epoch, running loss, last validation SRCC.
+
+    Defined on call so that importing this module does not import Lightning (the plan is printed
+    first, while the heavy libraries load)."""
+    import lightning as L
+
+    class _DemoProgress(L.Callback):
+        def __init__(self, total_steps: int, epochs: int):
+            self.total, self.epochs = total_steps, epochs
+            self.bar = None
+            self.loss = None
+            self.val = ""
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, unit="step", desc=f"epoch 1/{self.epochs}",
+                            dynamic_ncols=True, file=sys.stderr, leave=True)
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if self.bar is not None:
+                self.bar.set_description(f"epoch {trainer.current_epoch + 1}/{self.epochs}")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+            self.loss = value if self.loss is None else 0.9 * self.loss + 0.1 * value
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"loss {self.loss:.4f}{self.val}", refresh=False)
+                self.bar.update(1)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            metrics = getattr(pl_module, "last_eval", {}).get("val", {}).get("metrics")
+            if metrics:
+                self.val = f", val SRCC {metrics['srcc']:.3f}"
+                if self.bar is not None:
+                    self.bar.set_postfix_str(f"loss {self.loss or 0:.4f}{self.val}")
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return _DemoProgress(total_steps, epochs)

@@ -1,0 +1,68 @@
+"""The frozen-feature probe: what the pretrained backbone knows before any training.
+
+Ridge regression from the backbone's pooled features (ImageNet weights, never trained here) to
+the labels, fitted on the training part, its penalty chosen by PLCC on the validation part, and
+tested on the test part: the baseline beside which the trained model's gain is visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nriqa.config import RunConfig
+
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
+
+
+@torch.inference_mode()
+def pooled_features(backbone, table: pd.DataFrame, cfg: RunConfig, settings) -> np.ndarray:
+    """``(n_images, D)``: each image's global feature, averaged over its test crops, in table order."""
+    from nriqa.engine.data import eval_dataset, eval_loader
+
+    backbone.eval()
+    rows, feats = [], []
+    for batch in eval_loader(cfg, eval_dataset(cfg, table, settings), 0, 1):
+        crops = batch["image"]
+        b, k = crops.shape[:2]
+        glob, _ = backbone(crops.flatten(0, 1))
+        feats.append(glob.float().view(b, k, -1).mean(1).numpy())
+        rows.append(batch["index"].numpy())
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    return np.concatenate(feats)[order]
+
+
+def fit_ridge(train_x, train_y, select_x, select_y, alphas=ALPHAS):
+    """Standardise on the training part; the penalty with the best selection PLCC wins."""
+    from sklearn.linear_model import Ridge
+
+    from nriqa.errors import MetricError
+    from nriqa.metrics import plcc
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    scores = {}
+    for alpha in alphas:
+        model = Ridge(alpha=alpha).fit((train_x - mean) / std, train_y)
+        try:
+            scores[alpha] = plcc(model.predict((select_x - mean) / std), select_y)
+        except MetricError:
+            scores[alpha] = -1.0
+    best = max(scores, key=scores.get)
+    model = Ridge(alpha=best).fit((train_x - mean) / std, train_y)
+    return (lambda x: model.predict((x - mean) / std)), best
+
+
+def frozen_probe(cfg: RunConfig, parts: dict[str, pd.DataFrame], settings) -> dict:
+    """Probe metrics on the selection and test parts, the chosen penalty and test predictions."""
+    from nriqa.metrics import evaluate
+    from nriqa.models.backbones import Backbone
+
+    m = cfg.model
+    backbone = Backbone(m.backbone, weights=m.weights, img_size=m.img_size, **m.backbone_kwargs)
+    feats = {k: pooled_features(backbone, parts[k], cfg, settings) for k in ("train", "select", "test")}
+    labels = {k: parts[k]["label"].to_numpy(float) for k in feats}
+    predict, alpha = fit_ridge(feats["train"], labels["train"], feats["select"], labels["select"])
+    pred = {k: predict(feats[k]) for k in ("select", "test")}
+    return {"alpha": alpha, "val": evaluate(pred["select"], labels["select"]),
+            "test": evaluate(pred["test"], labels["test"]), "test_predictions": pred["test"]}
