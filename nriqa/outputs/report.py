@@ -232,13 +232,10 @@ def shipped_model_section(scorer, images: Sequence[tuple[str, str]], out_dir: Pa
 
 def _shipped_model_lines(out_dir: Path, facts: dict) -> list[str]:
     """Scores of nriqa's shipped pretrained model, when one is registered (nriqa.outputs.zoo)."""
-    try:
-        from nriqa.outputs import zoo  # added with the model zoo
-    except ImportError:
-        return []
-    default = getattr(zoo, "default_model_name", None)
-    load = getattr(zoo, "load_scorer", None)
-    if default is None or load is None or not default():
+    from nriqa.outputs import zoo
+    from nriqa.outputs.scoring import Scorer
+
+    if zoo.DEFAULT_MODEL not in zoo.registry():
         return []
     root, test = Path(facts["dataset"]), facts["parts"]["test"]
     ref = sorted(test["group"].unique())[0]
@@ -246,7 +243,8 @@ def _shipped_model_lines(out_dir: Path, facts: dict) -> list[str]:
                   & test["dist_type"].isin(["gaussian_blur", "jpeg", "white_noise"])]
     images = [(f"{ref} (reference)", str(root / "refs" / f"{ref}.png"))]
     images += [(f"{r.dist_type} L{int(r.level)}", r.path) for r in chosen.itertuples()]
-    return shipped_model_section(load(default()), images, out_dir, name=f"`{default()}`")
+    return shipped_model_section(Scorer.from_pretrained(), images, out_dir,
+                                 name=f"`{zoo.DEFAULT_MODEL}`")
 
 
 def write_demo_report(out_dir: Path, facts: dict, model_path: Path) -> Path:
