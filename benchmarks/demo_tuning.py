@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     from nriqa.data.synthetic import build_embedded
     from nriqa.engine.data import resolve_data_settings
     from nriqa.engine.train import fit_parts, split_parts
-    from nriqa.outputs.probe import frozen_probe
+    from nriqa.protocol.probe import frozen_probe
     from nriqa.protocol.runner import load_table, split_for
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))

@@ -24,7 +24,7 @@ import numpy as np
 from common import SHARED, markdown, write_results
 from PIL import Image, ImageEnhance, ImageFilter
 
-from nriqa.outputs.scoring import Scorer
+from nriqa.inference.scoring import Scorer
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:

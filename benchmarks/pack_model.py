@@ -25,10 +25,10 @@ import torch
 import yaml
 from PIL import Image
 
+from nriqa.inference import zoo
+from nriqa.inference.model_files import load_model, read_meta, save_model
+from nriqa.inference.scoring import Scorer
 from nriqa.io import atomic_write_json
-from nriqa.outputs import zoo
-from nriqa.outputs.checkpoint import load_model, read_meta, save_model
-from nriqa.outputs.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "nriqa" / "pretrained"

@@ -33,7 +33,7 @@ from nriqa.config import load_config
 from nriqa.data.registry import load_labels
 from nriqa.data.splits import Split
 from nriqa.engine.train import fit
-from nriqa.outputs.scoring import Scorer
+from nriqa.inference.scoring import Scorer
 
 METHODS = {
     "deiqt": [],
@@ -123,8 +123,8 @@ def peak_flops(n: int = 2048, rounds: int = 5) -> float:
 def time_backends(cfg, paths, batch_size: int, rounds: int) -> tuple[list[dict], dict]:
     from nriqa.data.crops import ensure_min_size, extract_crops, resize_image, test_boxes
     from nriqa.data.images import load_image
+    from nriqa.inference.export import onnx_bytes, onnx_session
     from nriqa.models import DEIQT
-    from nriqa.outputs.export import onnx_bytes, onnx_session
 
     torch.manual_seed(0)
     model = DEIQT.from_config(cfg.model).eval()  # the shipped model's cost: same backbone + head

@@ -15,7 +15,7 @@ import time
 import torch
 from common import SHARED, markdown, write_results
 
-from nriqa.outputs.scoring import Scorer, onnxruntime_available
+from nriqa.inference.scoring import Scorer, onnxruntime_available
 
 
 def main() -> None:

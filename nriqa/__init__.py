@@ -10,11 +10,11 @@ __all__ = ["Scorer", "load_model", "load_config", "__version__"]
 def __getattr__(name: str):
     # Lazy, so that `import nriqa` (and the CLI's start-up) does not import torch and timm.
     if name == "Scorer":
-        from nriqa.outputs.scoring import Scorer
+        from nriqa.inference.scoring import Scorer
 
         return Scorer
     if name == "load_model":
-        from nriqa.outputs.checkpoint import load_model
+        from nriqa.inference.model_files import load_model
 
         return load_model
     if name == "load_config":

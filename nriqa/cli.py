@@ -63,8 +63,8 @@ def cmd_protocol(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from nriqa.data.registry import load_labels
+    from nriqa.inference.scoring import Scorer
     from nriqa.metrics import evaluate
-    from nriqa.outputs.scoring import Scorer
 
     check_run_options(args)
     table = load_labels(args.dataset, args.root, layout=args.layout, label_file=args.label_file,
@@ -128,8 +128,8 @@ def check_device(name: str) -> None:
 def cmd_score(args) -> int:
     import time
 
-    from nriqa.outputs.scoring import Scorer, find_images, progress_bar
-    from nriqa.outputs.stream import STREAMED, ScoreWriter, check_output, read_done
+    from nriqa.inference.scoring import Scorer, find_images, progress_bar
+    from nriqa.inference.stream import STREAMED, ScoreWriter, check_output, read_done
 
     check_run_options(args)
     # Every output is checked before a model is loaded or an image decoded.
@@ -173,7 +173,7 @@ def cmd_score(args) -> int:
         print(f"{failed} of {len(results)} file(s) could not be scored (see the error column)",
               file=sys.stderr)
     if html is not None:
-        from nriqa.outputs.gallery import write_gallery
+        from nriqa.reports.gallery import write_gallery
 
         write_gallery([*previous, *results], html, progress=not args.quiet)
         print(f"gallery: {html}", file=sys.stderr)
@@ -181,7 +181,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from nriqa.outputs.export import export_model
+    from nriqa.inference.export import export_model
 
     out = export_model(args.model, args.format, args.output, half=args.half)
     print(f"exported: {out}")
@@ -189,7 +189,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from nriqa.outputs.zoo import DEFAULT_MODEL, card, registry, verified_file
+    from nriqa.inference.zoo import DEFAULT_MODEL, card, registry, verified_file
 
     if args.action == "list":
         models = registry()
@@ -211,7 +211,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from nriqa.outputs.demo import run_demo
+    from nriqa.reports.demo import run_demo
 
     run_demo(args.output_dir, quick=args.quick, overrides=args.overrides,
              keep_checkpoints=args.keep_checkpoints, tiny=args.tiny)

@@ -64,8 +64,8 @@ def tiny_model_file(path: Path, seed: int = 0, patch_num: int = 3) -> Path:
     """A random tiny DEIQT saved as an nriqa ``.safetensors`` model (32 px crops)."""
     import torch
 
+    from nriqa.inference.model_files import save_model
     from nriqa.models import DEIQT
-    from nriqa.outputs.checkpoint import save_model
 
     torch.manual_seed(seed)
     cfg = load_config(None, TINY_MODEL)

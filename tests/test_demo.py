@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from nriqa.cli import main
-from nriqa.outputs.report import gallery_items, sound_logistic
+from nriqa.reports.report import gallery_items, sound_logistic
 
 
 def test_tiny_demo_prints_plan_and_metrics_and_writes_every_picture(tmp_path, monkeypatch, capsys):

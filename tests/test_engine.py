@@ -16,8 +16,8 @@ from nriqa.engine.data import IQADataModule, resolve_data_settings, subset
 from nriqa.engine.module import IQAModule
 from nriqa.engine.sampling import EvalSampler, TrainSampler
 from nriqa.engine.train import build_trainer, fit
+from nriqa.inference.model_files import load_model
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

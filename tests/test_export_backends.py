@@ -11,13 +11,13 @@ from helpers import photo_folder, tiny_model_file
 
 from nriqa.cli import main
 from nriqa.errors import NriqaError
-from nriqa.outputs.checkpoint import load_model, read_meta
-from nriqa.outputs.scoring import Scorer
+from nriqa.inference.model_files import load_model, read_meta
+from nriqa.inference.scoring import Scorer
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
 pytest.importorskip("onnx", reason="the onnx extra (onnx) is not installed")
 
-from nriqa.outputs.export import export_model, read_onnx_meta  # noqa: E402
+from nriqa.inference.export import export_model, read_onnx_meta  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_cli_export_and_its_errors(model_file, tmp_path, capsys):
 
 
 def test_onnx_file_without_nriqa_metadata_is_refused(model_file, tmp_path):
-    from nriqa.outputs.export import onnx_bytes
+    from nriqa.inference.export import onnx_bytes
 
     model, meta = load_model(model_file)
     bare = tmp_path / "bare.onnx"

@@ -52,8 +52,8 @@ def test_an_existing_file_keeps_its_permissions(tmp_path, umask):
 def test_every_nriqa_writer_follows_the_umask(tmp_path, umask):
     from nriqa.data.splits import make_split
     from nriqa.data.table import Scale, make_table
+    from nriqa.inference.model_files import save_model
     from nriqa.models import DEIQT
-    from nriqa.outputs.checkpoint import save_model
 
     umask(0o002)
     cfg = load_config(None, TINY_MODEL)

@@ -12,7 +12,7 @@ from PIL import Image
 from nriqa.data.check import check_dataset
 from nriqa.data.registry import load_labels
 from nriqa.errors import ImageError, LabelError
-from nriqa.outputs.scoring import find_images
+from nriqa.inference.scoring import find_images
 
 CSV = {"low": 0, "high": 1}
 

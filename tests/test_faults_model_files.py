@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 from nriqa.cli import main
 from nriqa.config import load_config
 from nriqa.errors import WeightsError
+from nriqa.inference.model_files import load_model, read_meta, save_model
+from nriqa.inference.scoring import Scorer
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model, read_meta, save_model
-from nriqa.outputs.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ from PIL import Image
 from nriqa.cli import main
 from nriqa.config import load_config
 from nriqa.data.policy import CropPolicy, crop_key
+from nriqa.inference.model_files import save_model
+from nriqa.inference.scoring import Scorer
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import save_model
-from nriqa.outputs.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from nriqa.engine import frozen
 from nriqa.engine.data import eval_dataset, resolve_data_settings, subset
 from nriqa.engine.train import fit
 from nriqa.errors import ConfigError
+from nriqa.inference.model_files import load_model
+from nriqa.inference.scoring import Scorer
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model
-from nriqa.outputs.scoring import Scorer
 
 FROZEN = ["model.backbone=test_efficientnet", "model.img_size=null", "model.backbone_kwargs={}",
           "model.freeze=['*']", "model.freeze_bn=true", "trainer.feature_cache=true",

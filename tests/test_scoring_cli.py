@@ -13,9 +13,9 @@ from PIL import Image
 
 from nriqa.cli import main
 from nriqa.config import load_config
+from nriqa.inference.model_files import load_model, save_model
+from nriqa.inference.scoring import Scorer
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model, save_model
-from nriqa.outputs.scoring import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -92,8 +92,8 @@ def test_cli_writes_png_and_json_for_a_backbone_and_checkpoints(tmp_path):
     from helpers import TINY_MODEL
 
     from nriqa.config import load_config
+    from nriqa.inference.model_files import inference_meta, save_model
     from nriqa.models import DEIQT
-    from nriqa.outputs.checkpoint import inference_meta, save_model
 
     table = tiny_images(tmp_path / "data", n_groups=3, per_group=3)
     rel = [p.split("/data/", 1)[1] for p in table["path"]]

@@ -18,10 +18,10 @@ from PIL import Image
 from nriqa.cli import main
 from nriqa.config import load_config
 from nriqa.errors import WeightsError
+from nriqa.inference import zoo
+from nriqa.inference.model_files import save_model
+from nriqa.inference.scoring import Scorer
 from nriqa.models import DEIQT
-from nriqa.outputs import zoo
-from nriqa.outputs.checkpoint import save_model
-from nriqa.outputs.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_hf_models_come_from_a_prefilled_cache_with_the_network_off(tiny_model, 
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("import sys; from nriqa.outputs.scoring import Scorer; "
+    code = ("import sys; from nriqa.inference.scoring import Scorer; "
             "s = Scorer.from_pretrained(sys.argv[1]); print(s.score_paths([sys.argv[2]])[0].score)")
     run = subprocess.run([sys.executable, "-c", code, "hf:someone/iqa/model.safetensors", str(image)],
                          env=env, capture_output=True, text=True, cwd=ROOT)

@@ -76,7 +76,7 @@ def _projector_from(state: dict, prefix: str) -> Projector | None:
 def load_networks(path: str | Path, device: str | torch.device = "cpu") -> Networks:
     """Load a checkpoint's networks (see :class:`Networks`); raises :class:`WeightsError`."""
     from nriqa.config import ModelConfig
-    from nriqa.outputs.checkpoint import load_model, read_checkpoint
+    from nriqa.inference.model_files import load_model, read_checkpoint
 
     path = Path(path).expanduser()
     student, meta = load_model(path, device)

@@ -236,8 +236,8 @@ def _options(items: list[str]) -> dict:
 
 def _panels(args, dataset_resize: str) -> list[tuple[str, object, dict]]:
     """(name, model, crop settings) for each requested network."""
+    from nriqa.inference.model_files import load_model
     from nriqa.models import Backbone
-    from nriqa.outputs.checkpoint import load_model
 
     crop = {"resize": args.resize, "crop_size": args.crop_size}
     panels = []

@@ -1,6 +1,6 @@
 """How an image becomes its test crops: one object, built once from a config or a model file.
 
-:class:`CropPolicy` is used by the evaluation datasets and by :class:`~nriqa.outputs.scoring.Scorer`
+:class:`CropPolicy` is used by the evaluation datasets and by :class:`~nriqa.inference.scoring.Scorer`
 alike, so a file, an opened ``PIL`` image and a labelled test image all get the same pixels and the
 same crops:
 
@@ -56,7 +56,7 @@ class CropPolicy:
 
     @classmethod
     def from_meta(cls, meta) -> CropPolicy:
-        """The policy a model file records (a validated :class:`~nriqa.outputs.checkpoint.ModelMeta`
+        """The policy a model file records (a validated :class:`~nriqa.inference.model_files.ModelMeta`
         or its dict)."""
         get = meta.get if isinstance(meta, dict) else lambda k: getattr(meta, k)
         return cls(get("crop_size"), get("test_patch_num"), get("test_crops"), get("resize"),

@@ -36,10 +36,10 @@ from nriqa.config import RunConfig, save_config
 from nriqa.engine.data import DataSettings, eval_dataset, resolve_data_settings
 from nriqa.engine.schedule import lr_at
 from nriqa.errors import ConfigError
+from nriqa.inference.model_files import inference_meta, save_model
 from nriqa.io import atomic_write_json
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import inference_meta, save_model
 
 log = logging.getLogger(__name__)
 

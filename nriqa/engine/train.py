@@ -25,14 +25,14 @@ from nriqa.data.splits import Split
 from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings, subset
 from nriqa.engine.module import IQAModule
 from nriqa.errors import ConfigError
-from nriqa.io import atomic_write, atomic_write_json
-from nriqa.outputs.checkpoint import (
+from nriqa.inference.model_files import (
     complete_meta,
     inference_meta,
     load_model,
     read_checkpoint,
     save_model,
 )
+from nriqa.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -486,7 +486,7 @@ class QFMMethod(Method):
         from torch.utils.data import DataLoader
 
         from nriqa.data.dataset import ImageListDataset
-        from nriqa.outputs.scoring import find_images
+        from nriqa.inference.scoring import find_images
 
         folder = self.q.pseudo_label_dir
         paths = find_images([folder], recursive=True)

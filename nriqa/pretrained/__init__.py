@@ -1,3 +1,3 @@
 """Shipped pretrained models: ``NAME.safetensors`` (weights) beside ``NAME.json`` (its card).
 
-See :mod:`nriqa.outputs.zoo` and docs/models.md."""
+See :mod:`nriqa.inference.zoo` and docs/models.md."""

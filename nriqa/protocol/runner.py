@@ -97,8 +97,8 @@ def run_protocol(cfg: RunConfig, n_splits: int | None = None) -> dict:
 def cross_evaluate(model_path: Path, data: DataConfig, table: pd.DataFrame, cfg: RunConfig) -> dict:
     """Test a trained model on a whole other dataset (no training on it)."""
     from nriqa.data.registry import get_spec
+    from nriqa.inference.scoring import Scorer
     from nriqa.metrics import evaluate
-    from nriqa.outputs.scoring import Scorer
 
     scorer = Scorer.from_checkpoint(model_path, batch_size=cfg.data.eval_batch_size,
                                     num_workers=cfg.data.num_workers,

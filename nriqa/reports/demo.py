@@ -126,7 +126,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
          "is slower)")
     _say()
 
-    from nriqa.outputs.probe import frozen_probe
+    from nriqa.protocol.probe import frozen_probe
 
     t = time.perf_counter()
     probe = frozen_probe(cfg, parts, settings)
@@ -147,7 +147,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     _say(f"trained: held-out SRCC {test['srcc']:.3f}, PLCC {test['plcc']:.3f} "
          f"(epoch {result.results['selected_epoch'] + 1} selected on validation; {train_s:.0f} s)")
 
-    from nriqa.outputs.report import write_demo_report
+    from nriqa.reports.report import write_demo_report
 
     wall = time.perf_counter() - start
     facts = {"cfg": cfg, "parts": parts, "refs": refs, "probe": probe, "results": result.results,

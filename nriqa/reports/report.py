@@ -17,7 +17,7 @@ from nriqa.io import atomic_write, atomic_write_text
 def write_scores(results: Sequence, path: str | Path) -> Path:
     """``path,score,error,backend`` rows as CSV, JSON Lines or a JSON list, chosen by the file's
     suffix, written whole and atomically (``nriqa score`` streams instead: outputs/stream.py)."""
-    from nriqa.outputs.stream import COLUMNS, FORMATS, row
+    from nriqa.inference.stream import COLUMNS, FORMATS, row
 
     path = Path(path)
     rows = [row(r) for r in results]
@@ -231,9 +231,9 @@ def shipped_model_section(scorer, images: Sequence[tuple[str, str]], out_dir: Pa
 
 
 def _shipped_model_lines(out_dir: Path, facts: dict) -> list[str]:
-    """Scores of nriqa's shipped pretrained model, when one is registered (nriqa.outputs.zoo)."""
-    from nriqa.outputs import zoo
-    from nriqa.outputs.scoring import Scorer
+    """Scores of nriqa's shipped pretrained model, when one is registered (nriqa.inference.zoo)."""
+    from nriqa.inference import zoo
+    from nriqa.inference.scoring import Scorer
 
     if zoo.DEFAULT_MODEL not in zoo.registry():
         return []

@@ -3,7 +3,7 @@
 The ONNX graph takes crops ``(N, 3, S, S)`` as **uint8** pixels (the crops the scorer cuts are
 uint8 already; the normalisation of the backbone's pretrained weights is inside the graph) and
 returns one score per crop ``(N,)``. The batch axis is dynamic. Averaging each image's crops is
-left to :class:`nriqa.outputs.scoring.Scorer`, which does it exactly as the PyTorch path does.
+left to :class:`nriqa.inference.scoring.Scorer`, which does it exactly as the PyTorch path does.
 The nriqa metadata of the source ``.safetensors`` file (crop size, test crops, resize policy ...)
 travels in the ONNX file's ``metadata_props`` under the key ``nriqa``, so an ``.onnx`` file scores
 the same images the same way with no other file.
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from nriqa.errors import NriqaError
+from nriqa.inference.model_files import load_model
 from nriqa.io import atomic_write
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model
 
 META_KEY = "nriqa"
 OPSET = 17
@@ -182,7 +182,7 @@ def export_model(source: str | Path, fmt: str, output: str | Path | None = None,
         data = onnx_bytes(model, int(meta["crop_size"]), meta)
         check_onnx(data, model, int(meta["crop_size"]))
         return atomic_write(out, lambda tmp: tmp.write_bytes(data))
-    from nriqa.outputs.checkpoint import save_model
+    from nriqa.inference.model_files import save_model
 
     if half:
         model = model.half()

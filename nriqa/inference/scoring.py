@@ -10,7 +10,7 @@ same decode and deterministic test crops as in evaluation (one
 method; on CPU inference is bit-for-bit repeatable, whatever the batch size and worker count.
 
 Two backends run the model: ``"torch"`` (eager PyTorch, the default of the Python API, the one
-evaluation uses) and ``"onnxruntime"`` (the graph of :mod:`nriqa.outputs.export`, several times
+evaluation uses) and ``"onnxruntime"`` (the graph of :mod:`nriqa.inference.export`, several times
 faster on CPU; ``pip install 'nriqa[onnx]'``). ``"auto"`` picks onnxruntime when it is installed.
 Both cut the same crops and average each image's crop scores the same way; scores agree to 1e-4.
 Every :class:`ScoreResult` names the backend that produced it.
@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 from nriqa.data.dataset import ImageListDataset
 from nriqa.data.policy import CropPolicy
 from nriqa.errors import NriqaError, WeightsError
+from nriqa.inference.model_files import load_model
 from nriqa.models import DEIQT
-from nriqa.outputs.checkpoint import load_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -96,7 +96,7 @@ class Scorer:
         self.model = model.to(self.device).eval() if model is not None else None
         self.session = None
         if self.backend == "onnxruntime":
-            from nriqa.outputs.export import onnx_bytes, onnx_session
+            from nriqa.inference.export import onnx_bytes, onnx_session
 
             if session is None:
                 if model is None:
@@ -118,7 +118,7 @@ class Scorer:
         path = Path(path).expanduser()
         crop = {k: overrides.pop(k) for k in _POLICY_FIELDS if k in overrides}
         if path.suffix.lower() == ".onnx":
-            from nriqa.outputs.export import onnx_session, session_meta
+            from nriqa.inference.export import onnx_session, session_meta
 
             if backend == "torch":
                 raise NriqaError(f"{path}: an ONNX model runs with backend onnxruntime, not torch")
@@ -140,7 +140,7 @@ class Scorer:
     def from_pretrained(cls, name: str = "default", device=None, **overrides) -> Scorer:
         """A shipped model by name (``nriqa models list``), a model file, or ``hf:OWNER/REPO/FILE``;
         a shipped file is checked against its card's sha256 first."""
-        from nriqa.outputs.zoo import resolve_model
+        from nriqa.inference.zoo import resolve_model
 
         path, label = resolve_model(name)
         scorer = cls.from_checkpoint(path, device=device, **overrides)

@@ -65,7 +65,7 @@ def write_gallery(results: Iterable, path: str | Path, progress: bool = False,
                   threads: int = 4) -> Path:
     """Write the gallery of ``results`` to ``path`` (atomically)."""
     entries = [_entry(r) for r in results]
-    from nriqa.outputs.scoring import progress_bar
+    from nriqa.inference.scoring import progress_bar
 
     bar = progress_bar(len(entries), disable=not progress, desc="thumbnails")
     with ThreadPoolExecutor(max_workers=threads) as pool:  # decoding releases the GIL

@@ -1,0 +1,1 @@
+"""Inference: model files, the model zoo, the Scorer, export and streamed score files."""

@@ -1,0 +1,1 @@
+"""Reports and pictures of results: the demo report, the HTML score gallery."""
