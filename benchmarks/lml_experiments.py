@@ -37,7 +37,7 @@ import yaml
 from accuracy_biq2021 import parts
 from common import biq2021_root, markdown, write_results
 
-from nriqa.analysis.run_logs import clip_rate, gradient_table, read_metrics
+from nriqa.reports.run_logs import clip_rate, gradient_table, read_metrics
 from nriqa.config import load_config
 from nriqa.data.registry import load_labels
 from nriqa.engine.train import fit

@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_config, tiny_images
 from PIL import Image
 
-from nriqa.analysis.saliency import (
+from nriqa.reports.saliency import (
     crop_embeddings,
     embedding_plot,
     embedding_stats,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import tiny_images
 
-from nriqa.analysis.semantic_noise import (
+from nriqa.reports.semantic_noise import (
     add_parser,
     cosine_distances,
     extract_features,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-ANALYSES = ("nriqa.analysis.semantic_noise", "nriqa.analysis.saliency", "nriqa.analysis.run_logs")
+ANALYSES = ("nriqa.reports.semantic_noise", "nriqa.reports.saliency", "nriqa.reports.run_logs")
 
 
 def add_parsers(sub) -> None:

@@ -327,7 +327,7 @@ def add_parser(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sub-command on its own (``python -m nriqa.analysis.semantic_noise ...``)."""
+    """Run the sub-command on its own (``python -m nriqa.reports.semantic_noise ...``)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="semantic-noise")
