@@ -10,6 +10,9 @@ import torch
 from helpers import tiny_config, tiny_images
 from PIL import Image
 
+from nriqa.engine.data import resolve_data_settings
+from nriqa.engine.module import IQAModule
+from nriqa.inference.model_files import inference_meta, save_model
 from nriqa.reports.saliency import (
     crop_embeddings,
     embedding_plot,
@@ -17,9 +20,6 @@ from nriqa.reports.saliency import (
     load_networks,
     plot_saliency,
 )
-from nriqa.engine.data import resolve_data_settings
-from nriqa.engine.module import IQAModule
-from nriqa.inference.model_files import inference_meta, save_model
 
 
 @pytest.fixture(scope="module")
