@@ -134,20 +134,22 @@ def test_config_overrides_reach_the_recipe(monkeypatch, capsys):
     assert "'optim.lr' is not key=value" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
 def test_one_device_check_for_every_verb(tmp_path, capsys):
-    assert resolve_device(None) == torch.device("cpu") == resolve_device("cpu")
-    for name, problem in [("gpu", "not a device"), ("cuda", "no CUDA GPU"),
-                          ("meta", "not supported")]:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for name, problem in [("gpu", "not a device"), ("meta", "not supported")]:
         with pytest.raises(NriqaError, match=f"^device {name}: {problem}"):
             resolve_device(name)
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or no GPU at all
+    with pytest.raises(NriqaError, match=f"^--device {absent}: "):
+        resolve_device(absent, "--device")
     image = tmp_path / "a.png"
     for argv in (["score", str(image)], ["evaluate", "--dataset", "csv"],
                  ["analyze", "saliency", str(image), "--checkpoint", str(tmp_path / "m.ckpt")],
                  ["analyze", "semantic-noise", "--dataset", "csv", "--backbone", "resnet10t"]):
-        assert main([*argv, "--device", "cuda:1"]) == 2
+        assert main([*argv, "--device", "gpu"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("nriqa: error: --device cuda:1: no CUDA GPU"), (argv, err)
+        assert err.startswith("nriqa: error: --device gpu: not a device"), (argv, err)
 
 
 def test_saliency_kinds_are_named_in_the_help_and_checked(tmp_path, capsys, monkeypatch):
