@@ -37,10 +37,10 @@ import yaml
 from accuracy_biq2021 import parts
 from common import biq2021_root, markdown, write_results
 
-from nriqa.analysis.run_logs import clip_rate, gradient_table, read_metrics
 from nriqa.config import load_config
 from nriqa.data.registry import load_labels
 from nriqa.engine.train import fit
+from nriqa.reports.run_logs import clip_rate, gradient_table, read_metrics
 
 LML = ["method.name=lml"]
 LML_4X4 = [*LML, "data.batch_size=4"]  # 16 crops per step: DEIQT's crops and steps

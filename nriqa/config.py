@@ -305,6 +305,23 @@ def list_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("nriqa.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def recipe_summary(name: str) -> str:
+    """What a recipe is for: the first sentence of the ``#`` comment block that opens its file
+    ("" when it has none)."""
+    lines = []
+    for line in recipe_path(name).read_text(encoding="utf-8").splitlines():
+        if not line.strip() and not lines:
+            continue  # blank lines before the comment block
+        if not line.lstrip().startswith("#"):
+            break
+        lines.append(line.lstrip().lstrip("#").strip())
+    text = " ".join(t for t in lines if t)
+    return _SENTENCE_END.split(text, maxsplit=1)[0]
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Load a recipe (path or bundled name, optionally ``base:`` chained) and apply overrides."""
     raw: dict = {}

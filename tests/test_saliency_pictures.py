@@ -10,16 +10,16 @@ import torch
 from helpers import tiny_config, tiny_images
 from PIL import Image
 
-from nriqa.analysis.saliency import (
+from nriqa.engine.data import resolve_data_settings
+from nriqa.engine.module import IQAModule
+from nriqa.inference.model_files import inference_meta, save_model
+from nriqa.reports.saliency import (
     crop_embeddings,
     embedding_plot,
     embedding_stats,
     load_networks,
     plot_saliency,
 )
-from nriqa.engine.data import resolve_data_settings
-from nriqa.engine.module import IQAModule
-from nriqa.inference.model_files import inference_meta, save_model
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,8 +9,8 @@ import pytest
 import torch
 from helpers import tiny_images
 
-from nriqa.analysis.semantic_noise import (
-    add_parser,
+from nriqa.cli import main
+from nriqa.reports.semantic_noise import (
     cosine_distances,
     extract_features,
     pair_statistics,
@@ -105,22 +104,36 @@ def test_cli_writes_png_and_json_for_a_backbone_and_checkpoints(tmp_path):
     from nriqa.engine.data import DataSettings
 
     save_model(DEIQT.from_config(cfg.model), inference_meta(cfg, DataSettings(1, 1, "none")), ckpt)
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="analysis"))
-    args = parser.parse_args([
-        "semantic-noise", "--dataset", "csv", "--root", str(tmp_path / "data"),
+    assert main([
+        "analyze", "semantic-noise", "--dataset", "csv", "--root", str(tmp_path / "data"),
         "--option", "low=0", "--option", "high=1", "--option", "group_column=group",
         "--backbone", "resnet10t", "--weights", "none", "--crop-size", "32",
         "--checkpoint", str(ckpt), "--checkpoint", str(ckpt), "--max-images", "8",
         "--device", "cpu", "--output", str(tmp_path / "fig.png"), "--json",
-        str(tmp_path / "stats.json")])
-    assert args.func(args) == 0
+        str(tmp_path / "stats.json")]) == 0
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["images"] == 8 and len(stats["panels"]) == 3
     assert stats["panels"][0]["name"].startswith("resnet10t")
     assert all(p["n_pairs"] == 28 for p in stats["panels"])
     assert stats["panels"][1]["share"] == stats["panels"][2]["share"]  # the same model twice
-    with pytest.raises(Exception, match="--checkpoint"):
-        bad = parser.parse_args(["semantic-noise", "--dataset", "csv"])
-        bad.func(bad)
+    assert stats["panels"][0]["close_quantile"] == 0.05  # pair_statistics' defaults
+    assert stats["panels"][0]["quality_threshold"] == 0.2
+
+
+def test_cli_needs_a_network_and_takes_the_pair_options(tmp_path, capsys):
+    assert main(["analyze", "semantic-noise", "--dataset", "csv"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    table = tiny_images(tmp_path / "data", n_groups=2, per_group=3)
+    rel = [p.split("/data/", 1)[1] for p in table["path"]]
+    (tmp_path / "data" / "labels.csv").write_text(
+        "path,score\n" + "".join(f"{p},{s}\n" for p, s in zip(rel, table["score"])))
+    assert main(["analyze", "semantic-noise", "--dataset", "csv", "--root",
+                 str(tmp_path / "data"), "--option", "low=0", "--option", "high=1",
+                 "--backbone", "resnet10t", "--weights", "none", "--crop-size", "32",
+                 "--close-quantile", "0.5", "--quality-threshold", "1e-1", "--max-pairs", "10",
+                 "--device", "cpu", "--output", str(tmp_path / "fig.png"), "--json",
+                 str(tmp_path / "stats.json")]) == 0
+    panel = json.loads((tmp_path / "stats.json").read_text())["panels"][0]
+    assert panel["close_quantile"] == 0.5 and panel["quality_threshold"] == 0.1
+    assert panel["n_pairs"] == 10 and panel["sampled"]  # 15 pairs > --max-pairs 10

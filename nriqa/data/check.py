@@ -4,15 +4,12 @@
 (bad rows with their line numbers, names that match no file, entries listed twice), then decodes
 each image, and returns a :class:`CheckReport` with counts per kind and a few examples of each.
 
-:func:`add_datasets_parser` registers the ``datasets list`` and ``datasets check`` sub-commands on
-an argparse sub-parser set; each sets ``func`` to a callable taking the parsed arguments and
-returning the exit code (0 clean, 1 problems found, 2 the check could not run).
+The command itself (exit code 0 clean, 1 problems found, 2 the check could not run) is
+:mod:`nriqa.cli.datasets`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -169,78 +166,3 @@ def _pil_decode(path: str) -> None:
 
     with Image.open(path) as img:
         img.load()
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_datasets_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``datasets list`` and ``datasets check`` on ``subparsers`` (from
-    ``parser.add_subparsers()``); each leaf sets ``func(args) -> exit code``."""
-    parser = subparsers.add_parser(
-        "datasets", help="list the known datasets, or check a dataset's files",
-        description="List the datasets nriqa knows, or check one on disk.")
-    sub = parser.add_subparsers(dest="datasets_command", metavar="{list,check}")
-    sub.required = True
-
-    listing = sub.add_parser("list", help="the known datasets, their sizes and scales")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.set_defaults(func=run_list)
-
-    check = sub.add_parser(
-        "check", help="report every problem with a dataset's labels and images",
-        description="Read a dataset's labels and decode its images, reporting every problem "
-                    "found. Exit code 0 when clean, 1 when problems were found.")
-    check.add_argument("name", help="dataset name (see `datasets list`)")
-    check.add_argument("root", nargs="?", default=None,
-                       help="the dataset folder (optional for the embedded dataset)")
-    check.add_argument("--layout", default="auto", help="official, pyiqa, ... (default: auto)")
-    check.add_argument("--label-file", default=None, help="label file, if not the default one")
-    check.add_argument("--no-images", action="store_true", help="do not decode the images")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--max-examples", type=int, default=5, help="examples per kind (5)")
-    check.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
-    check.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="reader option, e.g. images=512x384, or for a CSV: score_column=mos "
-                            "low=0 high=100 higher_better=false (repeatable)")
-    check.set_defaults(func=run_check)
-    return parser
-
-
-def run_list(args: argparse.Namespace) -> int:
-    table = registry.list_datasets()
-    if args.json:
-        print(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
-    else:
-        print(table.to_string(index=False))
-    return 0
-
-
-def run_check(args: argparse.Namespace) -> int:
-    report = check_dataset(
-        args.name, args.root, args.layout, not args.no_images, label_file=args.label_file,
-        max_examples=args.max_examples, workers=args.workers, **parse_options(args.option),
-    )
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
-    return 0 if report.ok else 1
-
-
-def parse_options(items: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` strings as reader options; numbers become numbers."""
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"error: option {item!r} is not KEY=VALUE")
-        options[key.strip().replace("-", "_")] = _number_or_text(value.strip())
-    return options
-
-
-def _number_or_text(value: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value

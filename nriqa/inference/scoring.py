@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from nriqa.data.dataset import ImageListDataset
 from nriqa.data.policy import CropPolicy
 from nriqa.errors import NriqaError, WeightsError
+from nriqa.inference.device import resolve_device
 from nriqa.inference.model_files import load_model
 from nriqa.models import DEIQT
 
@@ -67,11 +68,11 @@ def resolve_backend(backend: str, device: str | torch.device | None = None) -> s
         return backend
     if not onnxruntime_available():
         return "torch"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type != "cpu":
+    device = resolve_device(device)
+    if device.type != "cpu":
         import onnxruntime as ort
 
-        cuda = torch.device(device).type == "cuda"
+        cuda = device.type == "cuda"
         return "onnxruntime" if cuda and "CUDAExecutionProvider" in ort.get_available_providers() else "torch"
     return "onnxruntime"
 
@@ -88,7 +89,7 @@ class Scorer:
                  policy: CropPolicy | None = None):
         """``backend="onnxruntime"`` runs ``session`` (an onnxruntime session of an exported
         graph) or, when it is None, the graph exported from ``model`` in memory."""
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
         self.policy = policy or CropPolicy(crop_size, patch_num, test_crops, resize, small_image)
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -69,24 +69,3 @@ def ablation_markdown(table: pd.DataFrame) -> str:
                      f"{r.srcc_mean:.4f} ± {r.srcc_std:.4f} | {r.plcc_mean:.4f} ± {r.plcc_std:.4f} | "
                      f"{r.protocol} | {r.splits} | `{r.overrides}` |")
     return "\n".join(lines) + "\n"
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("ablate", help="run a method's ablation variants on the same splits; one table")
-    p.add_argument("method", choices=sorted(SOURCES))
-    p.add_argument("--config", "-c", help="recipe (YAML file or bundled name)")
-    p.add_argument("--output-dir", default="runs/ablation")
-    p.add_argument("--only", nargs="+", help="run only these variants")
-    p.add_argument("--list", action="store_true", help="list the variants and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    if args.list:
-        for name, extra in variants(args.method):
-            print(f"{name:24s} {' '.join(extra) or '-'}")
-        return 0
-    table = run_ablation(args.config, args.method, args.overrides, args.output_dir, args.only)
-    print(ablation_markdown(table))
-    return 0

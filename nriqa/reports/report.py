@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nriqa.io import atomic_write, atomic_write_text
+from nriqa.reports.plotting import save_figure, subplots
 
 
 def write_scores(results: Sequence, path: str | Path) -> Path:
@@ -39,22 +40,6 @@ def write_scores(results: Sequence, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    _pyplot().close(fig)
-    return path
 
 
 def sound_logistic(pred, label) -> np.ndarray | None:
@@ -94,9 +79,8 @@ def scatter_plot(pred, label, path: str | Path, title: str = "", fit_logistic: b
     :func:`sound_logistic` accepts it (else the plot says so). ``groups`` colours the points."""
     from nriqa.metrics import evaluate, logistic4
 
-    plt = _pyplot()
     pred, label = np.asarray(pred, float), np.asarray(label, float)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
+    fig, ax = subplots(figsize=(5.2, 4.6), dpi=120)
     if groups is None:
         ax.scatter(pred, label, s=12, alpha=0.65, edgecolors="none")
     else:
@@ -123,7 +107,7 @@ def scatter_plot(pred, label, path: str | Path, title: str = "", fit_logistic: b
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_type_plot(frame, path: str | Path, title: str = "", probe=None) -> Path:
@@ -133,7 +117,6 @@ def per_type_plot(frame, path: str | Path, title: str = "", probe=None) -> Path:
     predictions)."""
     from scipy import stats
 
-    plt = _pyplot()
     frame = frame.assign(probe=probe) if probe is not None else frame
     rows = []
     for name, part in frame.groupby("dist_type"):
@@ -143,7 +126,7 @@ def per_type_plot(frame, path: str | Path, title: str = "", probe=None) -> Path:
     rows.sort(key=lambda r: r[1])
     names = [r[0] for r in rows]
     y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6.0, 0.28 * len(rows) + 1.2), dpi=120)
+    fig, ax = subplots(figsize=(6.0, 0.28 * len(rows) + 1.2), dpi=120)
     h = 0.4 if probe is not None else 0.7
     ax.barh(y + (h / 2 if probe is not None else 0), [r[1] for r in rows], height=h,
             color="C0", label="trained model")
@@ -161,16 +144,15 @@ def per_type_plot(frame, path: str | Path, title: str = "", probe=None) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gallery_plot(items: Sequence[dict], path: str | Path, columns: int = 4, title: str = "") -> Path:
     """Thumbnails in rows; each item: ``path``, ``caption``, optional ``row`` (a row heading)."""
     from PIL import Image
 
-    plt = _pyplot()
     rows = -(-len(items) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.45 * rows), dpi=110,
+    fig, axes = subplots(rows, columns, figsize=(2.6 * columns, 2.45 * rows), dpi=110,
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -188,7 +170,7 @@ def gallery_plot(items: Sequence[dict], path: str | Path, columns: int = 4, titl
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ the demo report

@@ -7,7 +7,7 @@
   checkpoint has one, else the mean of the panel members' output tokens), coloured by image and by
   quality, before and after training: a 2 x 2 grid.
 
-Command line (registered by :func:`add_parser` under ``nriqa analyze``)::
+Command line (:mod:`nriqa.cli.analyze`)::
 
     nriqa analyze saliency --checkpoint CKPT IMAGE... [--output saliency.png]
     nriqa analyze embeddings --checkpoint CKPT [--before CKPT | --backbone-only] --dataset NAME
@@ -19,8 +19,6 @@ projectors; an exported ``.safetensors`` model carries the DEIQT network only.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +26,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Rectangle
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 
+from nriqa.config import ModelConfig
 from nriqa.data.dataset import IQADataset
-from nriqa.errors import NriqaError, WeightsError
-from nriqa.io import atomic_write
+from nriqa.errors import WeightsError
+from nriqa.inference.model_files import load_model, read_checkpoint
 from nriqa.methods.lml import Projector, box_saliency, saliency_maps
 from nriqa.models import DEIQT
+from nriqa.reports.plotting import save_figure, subplots
 
 SALIENCY_KINDS = ("decoder", "vit-cls", "spectral")
 
@@ -69,42 +72,53 @@ def _projector_from(state: dict, prefix: str) -> Projector | None:
     if w0 is None or w2 is None:
         return None
     proj = Projector(w0.shape[1], w2.shape[0])
-    proj.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    proj.load_state_dict(_below(state, prefix))
     return proj.eval()
 
 
 def load_networks(path: str | Path, device: str | torch.device = "cpu") -> Networks:
     """Load a checkpoint's networks (see :class:`Networks`); raises :class:`WeightsError`."""
-    from nriqa.config import ModelConfig
-    from nriqa.inference.model_files import load_model, read_checkpoint
-
     path = Path(path).expanduser()
     student, meta = load_model(path, device)
     nets = Networks(student=student, meta=meta)
     if path.suffix != ".ckpt":
         return nets
     state = read_checkpoint(path)["state_dict"]
-    for key in state:
-        match = re.match(r"^(methods\.\d+\.)projector\.net\.0\.weight$", key)
-        if not match:
-            continue
-        base = match.group(1)
-        nets.projector = _projector_from(state, base + "projector.")
-        nets.teacher_projector = _projector_from(state, base + "teacher_projector.")
-        teacher_state = {k[len(base) + 8:]: v for k, v in state.items()
-                         if k.startswith(base + "teacher.")}
-        if teacher_state:
-            teacher = DEIQT.from_config(ModelConfig.model_validate(meta["model"]), weights="none")
-            try:
-                teacher.load_state_dict(teacher_state, strict=True)
-            except RuntimeError as err:
-                raise WeightsError(f"{path}: teacher weights do not fit the model ({err})") from err
-            nets.teacher = teacher.to(device).eval()
-        break
+    base = _lml_prefix(state)
+    if base is None:
+        return nets
+    nets.projector = _projector_from(state, base + "projector.")
+    nets.teacher_projector = _projector_from(state, base + "teacher_projector.")
+    teacher_state = _below(state, base + "teacher.")
+    if teacher_state:
+        teacher = DEIQT.from_config(ModelConfig.model_validate(meta["model"]), weights="none")
+        try:
+            teacher.load_state_dict(teacher_state, strict=True)
+        except RuntimeError as err:
+            raise WeightsError(f"{path}: teacher weights do not fit the model ({err})") from err
+        nets.teacher = teacher.to(device).eval()
     for proj in (nets.projector, nets.teacher_projector):
         if proj is not None:
             proj.to(device)
     return nets
+
+
+_PROJECTOR_KEY = "projector.net.0.weight"
+
+
+def _lml_prefix(state: dict) -> str | None:
+    """``methods.N.``, the state-dict prefix of the LML-IQA method (the one with a projector)."""
+    for key in state:
+        head, _, rest = key.partition(".")
+        index, _, tail = rest.partition(".")
+        if head == "methods" and index.isdigit() and tail == _PROJECTOR_KEY:
+            return f"methods.{index}."
+    return None
+
+
+def _below(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix``, with the prefix taken off."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def input_size_of(model: DEIQT, default: int = 224) -> int:
@@ -115,22 +129,6 @@ def input_size_of(model: DEIQT, default: int = 224) -> int:
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    _plt().close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------------- saliency
@@ -161,11 +159,8 @@ def plot_saliency(model: DEIQT, image_paths, out_png: str | Path, k: int = 4, se
     data = IQADataset(table, train=True, crop_size=size, crops_per_item=k, patch_num=1,
                       resize=resize, small_image=small_image, seed=seed, return_full=True,
                       full_size=full_size)
-    plt = _plt()
-    from matplotlib.patches import Rectangle
-
-    fig, axes = plt.subplots(len(paths), 2, figsize=(8.4, 3.9 * len(paths)), dpi=110,
-                             squeeze=False)
+    fig, axes = subplots(len(paths), 2, figsize=(8.4, 3.9 * len(paths)), dpi=110,
+                         squeeze=False)
     for row, path in enumerate(paths):
         item = data[row]
         img = np.asarray(data.settings.prepare(path))
@@ -204,7 +199,7 @@ def plot_saliency(model: DEIQT, image_paths, out_png: str | Path, k: int = 4, se
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, Path(out_png))
+    return save_figure(fig, out_png)
 
 
 # ------------------------------------------------------------------------------ embeddings
@@ -249,8 +244,6 @@ def crop_embeddings(model: DEIQT, table: pd.DataFrame, projector: Projector | No
 def embedding_stats(emb: np.ndarray, image: np.ndarray) -> dict:
     """Mean cosine similarity of crops of the same image and of different images, and the
     silhouette of the image clusters (cosine; in [-1, 1], higher = tighter, better separated)."""
-    from sklearn.metrics import silhouette_score
-
     sim = emb @ emb.T
     same = image[:, None] == image[None, :]
     off = ~np.eye(len(emb), dtype=bool)
@@ -263,8 +256,6 @@ def embedding_stats(emb: np.ndarray, image: np.ndarray) -> dict:
 
 
 def _tsne(emb: np.ndarray, seed: int, perplexity: float | None) -> np.ndarray:
-    from sklearn.manifold import TSNE
-
     n = len(emb)
     if n < 4:
         raise ValueError(f"t-SNE needs at least 4 crops, got {n}")
@@ -304,8 +295,7 @@ def embedding_plot(model_before: DEIQT, model_after: DEIQT, table: pd.DataFrame,
         panels.append((name, space, emb, image, label, embedding_stats(emb, image),
                        _tsne(emb, seed, perplexity)))
 
-    plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 9), dpi=110)
+    fig, axes = subplots(2, 2, figsize=(10, 9), dpi=110)
     for row, (name, space, _emb, image, label, stats, xy) in enumerate(panels):
         ax = axes[row, 0]
         ax.scatter(xy[:, 0], xy[:, 1], c=image % 20, cmap="tab20", vmin=0, vmax=19, s=16,
@@ -328,102 +318,6 @@ def embedding_plot(model_before: DEIQT, model_after: DEIQT, table: pd.DataFrame,
     fig.suptitle(f"t-SNE of crop embeddings: {len(table)} images x {crops_per_image} crops",
                  fontsize=10)
     fig.tight_layout()
-    path = _save(fig, Path(out_png))
+    path = save_figure(fig, out_png)
     return {"path": path, "before": panels[0][5], "after": panels[1][5], "images": len(table),
             "crops": len(table) * crops_per_image}
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def _parse_options(items) -> dict:
-    from nriqa.config import _parse_value
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise NriqaError(f"--option {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value)
-    return out
-
-
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def cmd_saliency(args) -> int:
-    device = _device(args.device)
-    nets = load_networks(args.checkpoint, device)
-    model, _, network = nets.pick(args.network)
-    meta = nets.meta
-    path = plot_saliency(model, args.images, args.output, k=args.crops, seed=args.seed,
-                         saliency=args.saliency, input_size=meta.get("crop_size"),
-                         resize=meta.get("resize", "none"),
-                         small_image=meta.get("small_image", "upscale"),
-                         title=f"{Path(args.checkpoint).name}: {network}, {args.saliency} saliency")
-    print(json.dumps({"output": str(path), "network": network, "saliency": args.saliency}))
-    return 0
-
-
-def cmd_embeddings(args) -> int:
-    from nriqa.config import ModelConfig
-    from nriqa.data.registry import load_labels
-
-    device = _device(args.device)
-    after = load_networks(args.checkpoint, device)
-    model_after, proj_after, network = after.pick(args.network)
-    meta = after.meta
-    if args.before:
-        model_before, proj_before, _ = load_networks(args.before, device).pick(args.network)
-        features_before, before_name = "decoder", f"before ({Path(args.before).name})"
-    else:  # --backbone-only (the default): the untrained start, seen by its backbone
-        model_before = DEIQT.from_config(ModelConfig.model_validate(meta["model"])).to(device)
-        proj_before, features_before = None, "backbone"
-        before_name = f"backbone only (weights={meta['model'].get('weights', '?')})"
-    table = load_labels(args.dataset, args.root, layout=args.layout, **_parse_options(args.option))
-    result = embedding_plot(model_before, model_after, table, args.output,
-                            projector_before=proj_before, projector_after=proj_after,
-                            features_before=features_before, input_size=meta.get("crop_size"),
-                            crops_per_image=args.crops, max_images=args.max_images,
-                            seed=args.seed, resize=meta.get("resize", "none"),
-                            small_image=meta.get("small_image", "upscale"),
-                            titles=(before_name, f"after ({network})"))
-    result["path"] = str(result["path"])
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register ``saliency`` and ``embeddings`` under ``nriqa analyze``."""
-    p = sub.add_parser("saliency", help="LML-IQA saliency maps with the K crops and the salient one")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", required=True, help=".ckpt (student + EMA teacher) or .safetensors")
-    p.add_argument("--output", "-o", default="saliency.png")
-    p.add_argument("--network", default="auto", choices=["auto", "teacher", "student"],
-                   help="auto: the EMA teacher when the checkpoint has one (it picks the crops in training)")
-    p.add_argument("--saliency", default="decoder", choices=list(SALIENCY_KINDS))
-    p.add_argument("--crops", "-k", type=int, default=4, help="crops per image (K)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_saliency)
-
-    p = sub.add_parser("embeddings", help="t-SNE of crop embeddings before/after training")
-    p.add_argument("--checkpoint", required=True, help="the trained model (.ckpt or .safetensors)")
-    before = p.add_mutually_exclusive_group()
-    before.add_argument("--before", help="the model before (e.g. a DEIQT run's checkpoint)")
-    before.add_argument("--backbone-only", action="store_true",
-                        help="before = the untrained start (the recorded backbone weights), "
-                             "embedded by the backbone's global feature (the default)")
-    p.add_argument("--dataset", required=True, help="a name from `nriqa datasets list`")
-    p.add_argument("--root", help="dataset folder (not needed for embedded)")
-    p.add_argument("--layout", default="auto")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="label reader option, e.g. low=0 (repeatable)")
-    p.add_argument("--max-images", type=int, default=40)
-    p.add_argument("--crops", "-k", type=int, default=4, help="crops per image")
-    p.add_argument("--network", default="student", choices=["auto", "teacher", "student"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "-o", default="embeddings.png")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_embeddings)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -177,24 +176,3 @@ def report_json(report: dict) -> dict:
             "epochs": json.loads(report["epochs"].to_json(orient="index")) if not report["epochs"].empty else {},
             "gradients": report["gradients"].to_dict(orient="records"),
             "clip": report["clip"].to_dict(orient="records")}
-
-
-def cmd_run(args) -> int:
-    reports = [run_report(csv) for csv in find_logs(args.run_dir)]
-    sys.stdout.write("\n".join(format_report(r) for r in reports))
-    if args.json:
-        from nriqa.io import atomic_write_json
-
-        atomic_write_json(args.json, [report_json(r) for r in reports])
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``nriqa analyze run``."""
-    p = subparsers.add_parser("run", help="a run's logged losses, LML/QFM statistics, gradient "
-                              "diagnostics and clip rate, as tables",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run's output folder (or its logs/metrics.csv, or a folder "
-                   "of runs)")
-    p.add_argument("--json", help="also write the tables here as JSON")
-    p.set_defaults(func=cmd_run)

@@ -15,15 +15,19 @@ encode quality has few such pairs; a semantic (ImageNet) backbone has many.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.colors import LogNorm
+from scipy.stats import spearmanr
+from torch.utils.data import DataLoader
 
-from nriqa.errors import ConfigError
+from nriqa.data.dataset import IQADataset
+from nriqa.inference.device import resolve_device
+from nriqa.reports.plotting import save_figure, subplots
 
 DEFAULT_CLOSE_QUANTILE = 0.05
 DEFAULT_QUALITY_THRESHOLD = 0.2
@@ -94,8 +98,6 @@ def pair_statistics(features, labels, *, close_quantile: float = DEFAULT_CLOSE_Q
     that of the ``ceil(close_quantile x pairs)``-th closest pair (ties included); ``share`` is the fraction of close pairs
     whose labels differ by more than ``quality_threshold``.
     """
-    from scipy.stats import spearmanr
-
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     if features.ndim != 2 or len(features) != len(labels):
@@ -140,10 +142,6 @@ def extract_features(model_or_backbone, table: pd.DataFrame, settings: dict | No
     :class:`~nriqa.engine.data.DataSettings`) may set ``crop_size`` (224), ``resize`` ("none"),
     ``small_image`` ("upscale"), ``test_crops`` ("grid") and ``test_patch_num`` (1).
     """
-    from torch.utils.data import DataLoader
-
-    from nriqa.data.dataset import IQADataset
-
     if crops not in ("center", "test"):
         raise ValueError(f"crops must be 'center' or 'test', got {crops!r}")
     s = dict(settings or {}) if not hasattr(settings, "__dataclass_fields__") else vars(settings)
@@ -155,7 +153,7 @@ def extract_features(model_or_backbone, table: pd.DataFrame, settings: dict | No
     dataset = IQADataset(table.reset_index(drop=True), train=False, crop_size=crop_size,
                          patch_num=patch_num, resize=s.get("resize") or "none",
                          small_image=s.get("small_image") or "upscale", test_crops=policy)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = model_or_backbone.to(dev).eval()
     fn = _feature_fn(model)
     out = []
@@ -176,19 +174,11 @@ def plot_semantic_noise(stats: PairStats | list[PairStats], path: str | Path, bi
     """2-D histogram of feature distance against quality difference (log colour scale), the
     close-pair region shaded and the share of close pairs with very different quality in each
     panel's title; one panel per :class:`PairStats`, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    from nriqa.io import atomic_write
-
     panels = [stats] if isinstance(stats, PairStats) else list(stats)
     if not panels:
         raise ValueError("nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), dpi=120,
-                             squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), dpi=120,
+                         squeeze=False)
     for ax, st in zip(axes[0], panels):
         d, q = st.distance, st.quality_diff
         x_hi = max(float(d.max()), st.close_distance) * 1.02 + 1e-9
@@ -212,133 +202,8 @@ def plot_semantic_noise(stats: PairStats | list[PairStats], path: str | Path, bi
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------
-# the command
-
-
-def _options(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--option {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _panels(args, dataset_resize: str) -> list[tuple[str, object, dict]]:
-    """(name, model, crop settings) for each requested network."""
-    from nriqa.inference.model_files import load_model
-    from nriqa.models import Backbone
-
-    crop = {"resize": args.resize, "crop_size": args.crop_size}
-    panels = []
-    if args.backbone:
-        net = Backbone(args.backbone, weights=args.weights)
-        settings = {"crop_size": args.crop_size or 224, "resize": args.resize or dataset_resize,
-                    "test_patch_num": args.test_crops or 1}
-        panels.append((f"{args.backbone} ({args.weights} weights)", net, settings))
-    for path in args.checkpoint:
-        model, meta = load_model(path)
-        settings = dict(meta) | {k: v for k, v in crop.items() if v}
-        if args.test_crops:
-            settings["test_patch_num"] = args.test_crops
-        p = Path(path)
-        panels.append((f"{p.parent.name}/{p.name}" if p.parent.name else p.name, model, settings))
-    return panels
-
-
-def cmd_semantic_noise(args) -> int:
-    from nriqa.data.registry import get_spec, load_labels
-    from nriqa.io import atomic_write_json
-
-    if not args.checkpoint and not args.backbone:
-        raise ConfigError("give --checkpoint CKPT (one or more) or --backbone NAME [--weights W]")
-    table = load_labels(args.dataset, args.root, layout=args.layout, **_options(args.option))
-    if args.max_images and len(table) > args.max_images:
-        rows = np.sort(np.random.default_rng(args.seed).choice(len(table), args.max_images,
-                                                                replace=False))
-        table = table.iloc[rows].reset_index(drop=True)
-    labels = table["label"].to_numpy(dtype=np.float64)
-    results = []
-    for name, model, settings in _panels(args, get_spec(args.dataset).resize):
-        feats = extract_features(model, table, settings, crops=args.crops,
-                                 batch_size=args.batch_size, device=args.device,
-                                 num_workers=args.workers)
-        st = pair_statistics(feats, labels, close_quantile=args.close_quantile,
-                             quality_threshold=args.quality_threshold, max_pairs=args.max_pairs,
-                             seed=args.seed, name=name)
-        results.append(st)
-        print(f"{name}: {st.share:.1%} of the {st.n_close} closest pairs (lowest "
-              f"{st.close_quantile:.0%} feature distance) differ in quality by > "
-              f"{st.quality_threshold:g}; all pairs: {st.share_all:.1%}; Spearman(distance, "
-              f"|dq|) = {st.spearman:.3f}")
-    title = f"{args.dataset}: {len(table)} images, {results[0].n_pairs} pairs" + (
-        " (sampled)" if results[0].sampled else "")
-    out = plot_semantic_noise(results, args.output, title=title)
-    print(f"figure: {out}")
-    if args.json:
-        atomic_write_json(args.json, {"dataset": args.dataset, "images": len(table),
-                                      "crops": args.crops,
-                                      "panels": [st.summary() for st in results]})
-        print(f"statistics: {args.json}")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``nriqa analyze semantic-noise``."""
-    p = subparsers.add_parser(
-        "semantic-noise", help="feature distance vs quality difference of image pairs (QFM-IQM)",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, help="a dataset name (nriqa datasets list)")
-    p.add_argument("--root", help="the dataset folder (not needed for embedded)")
-    p.add_argument("--layout", default="auto")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="label-reader option, e.g. low=0 high=100 for a csv dataset (repeatable)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT",
-                   help="a trained model (.safetensors or .ckpt); repeat for side-by-side panels")
-    p.add_argument("--backbone", help="a timm backbone, e.g. tf_efficientnet_lite0")
-    p.add_argument("--weights", default="hub", help="none, hub, efficientnet-lite or a path")
-    p.add_argument("--max-images", type=int, help="a seeded random subset of this many images")
-    p.add_argument("--crops", choices=["center", "test"], default="center",
-                   help="one centre crop, or the mean feature over the test crops")
-    p.add_argument("--test-crops", type=int, help="test crops per image with --crops test")
-    p.add_argument("--crop-size", type=int, help="default: the checkpoint's, else 224")
-    p.add_argument("--resize", help="default: the checkpoint's, else the dataset's")
-    p.add_argument("--close-quantile", type=float, default=DEFAULT_CLOSE_QUANTILE)
-    p.add_argument("--quality-threshold", type=float, default=DEFAULT_QUALITY_THRESHOLD)
-    p.add_argument("--max-pairs", type=int, default=DEFAULT_MAX_PAIRS,
-                   help="above this many pairs, a seeded sample of this size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--output", "-o", default="semantic_noise.png", help="the figure (.png)")
-    p.add_argument("--json", help="also write the statistics here")
-    p.set_defaults(func=cmd_semantic_noise)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the sub-command on its own (``python -m nriqa.analysis.semantic_noise ...``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="semantic-noise")
-    add_parser(parser.add_subparsers(dest="analysis", required=True))
-    args = parser.parse_args(["semantic-noise", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["PairStats", "add_parser", "cosine_distances", "extract_features", "pair_statistics",
+__all__ = ["PairStats", "cosine_distances", "extract_features", "pair_statistics",
            "plot_semantic_noise", "sample_pairs"]

@@ -1,1 +1,0 @@
-"""Pictures that explain models: semantic noise (QFM-IQM), saliency and embeddings (LML-IQA)."""
