@@ -9,8 +9,10 @@ the old ones restated it: those three are compared as the values the loaders use
 (``resolve_data_settings``), on both sides.
 """
 
+import itertools
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -97,8 +99,10 @@ def test_a_misspelt_old_name_is_still_an_error_with_a_hint():
 def test_each_recipe_opens_with_a_sentence_saying_what_it_is_for(name):
     lines = recipe_path(name).read_text().splitlines()
     assert lines[0].startswith("# ") and len(lines[0]) > 30
-    comments = " ".join(line[2:] for line in lines if line.startswith("# "))
-    assert "." in comments  # the first sentence ends
+    block = " ".join(line[1:].strip() for line in itertools.takewhile(
+        lambda line: line.startswith("#"), lines))
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z])", block, maxsplit=1)[0]
+    assert first.endswith(".") and len(first) < 160, first  # one short sentence, not a run-on
 
 
 @pytest.mark.parametrize("name", list_recipes())
