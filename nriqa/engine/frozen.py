@@ -37,7 +37,7 @@ from nriqa.engine.data import DataSettings, eval_dataset, resolve_data_settings
 from nriqa.engine.schedule import lr_at
 from nriqa.errors import ConfigError
 from nriqa.inference.model_files import inference_meta, save_model
-from nriqa.io import atomic_write_json
+from nriqa.io import atomic_write, atomic_write_json
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
 
@@ -103,10 +103,8 @@ class FeatureCache:
                     globs.append(g.view(*crops.shape[:2], -1).half())
                     tokens.append(t.view(*crops.shape[:2], *t.shape[1:]).half())
                     bar.update(len(crops))
-            np.save(self._chunk(start, "tmp-glob"), torch.cat(globs).numpy())
-            np.save(self._chunk(start, "tmp-tokens"), torch.cat(tokens).numpy())
-            self._chunk(start, "tmp-glob").replace(self._chunk(start, "glob"))
-            self._chunk(start, "tmp-tokens").replace(self._chunk(start, "tokens"))
+            _save_npy(self._chunk(start, "glob"), torch.cat(globs).numpy())
+            _save_npy(self._chunk(start, "tokens"), torch.cat(tokens).numpy())
             atomic_write_json(self.manifest, {"key": self.key, "done": start + len(part),
                                               "items": self.n_items})
         bar.close()
@@ -122,6 +120,14 @@ class FeatureCache:
         if rows is not None:
             glob, tokens = glob[rows], tokens[rows]
         return torch.from_numpy(np.ascontiguousarray(glob)), torch.from_numpy(np.ascontiguousarray(tokens))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: np.save would add ".npy" to a bare name
+            np.save(fh, array)
+
+    atomic_write(path, write)
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):

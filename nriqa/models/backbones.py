@@ -10,13 +10,12 @@ or uint8, and never need to know a model's mean and std.
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nriqa.errors import ConfigError
-from nriqa.models.weights import LITE_MEAN, LITE_STD, apply_weights
+from nriqa.models.weights import LITE_MEAN, LITE_STD, create_net
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +83,7 @@ class Backbone(nn.Module):
         # img_size only for transformers that take it (small inputs in tests, other resolutions).
         kwargs = {"num_classes": 0} | ({"img_size": img_size} if img_size else {}) | timm_kwargs
         self.name = name
-        self.net = timm.create_model(name, pretrained=False, **kwargs)
-        apply_weights(self.net, name, weights)
+        self.net = create_net(name, weights, **kwargs)
         self.is_vit = hasattr(self.net, "patch_embed") and hasattr(self.net, "num_prefix_tokens")
         self.num_prefix = getattr(self.net, "num_prefix_tokens", 0) if self.is_vit else 0
         self.has_cls = self.is_vit and getattr(self.net, "cls_token", None) is not None

