@@ -59,6 +59,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _shown(value):
+    return f"{len(value)} values" if isinstance(value, list) else value
+
+
 def compare(a_path: str, b_path: str) -> int:
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
     same = True
@@ -73,8 +77,7 @@ def compare(a_path: str, b_path: str) -> int:
             va, vb = (get(r) if r else None for r in (ra, rb))
             ok = va == vb
             same &= ok
-            show = (lambda v: f"{len(v)} values" if isinstance(v, list) else v)
-            print(f"| {run} | {name} | {show(va)} | {show(vb)} | {'yes' if ok else 'NO'} |")
+            print(f"| {run} | {name} | {_shown(va)} | {_shown(vb)} | {'yes' if ok else 'NO'} |")
     print("identical" if same else "DIFFERENT")
     return 0 if same else 1
 

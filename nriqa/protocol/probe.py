@@ -1,7 +1,8 @@
 """The frozen-feature probe: what the pretrained backbone knows before any training.
 
-Ridge regression from the backbone's pooled features (ImageNet weights, never trained here) to
-the labels, fitted on the training part, its penalty chosen by PLCC on the validation part, and
+Ridge regression from the backbone's global feature (ImageNet weights, never trained here; the
+model's own readout: the pooled last map, or with ``model.readout=stats`` the per-stage channel
+statistics) to the labels, fitted on the training part, its penalty chosen by PLCC on the validation part, and
 tested on the test part: the baseline beside which the trained model's gain is visible.
 """
 
@@ -26,7 +27,7 @@ def pooled_features(backbone, table: pd.DataFrame, cfg: RunConfig, settings) -> 
     for batch in eval_loader(cfg, eval_dataset(cfg, table, settings), 0, 1):
         crops = batch["image"]
         b, k = crops.shape[:2]
-        glob, _ = backbone(crops.flatten(0, 1))
+        glob, _ = backbone.raw_features(crops.flatten(0, 1))
         feats.append(glob.float().view(b, k, -1).mean(1).numpy())
         rows.append(batch["index"].numpy())
     order = np.argsort(np.concatenate(rows), kind="stable")
@@ -59,7 +60,8 @@ def frozen_probe(cfg: RunConfig, parts: dict[str, pd.DataFrame], settings) -> di
     from nriqa.models.backbones import Backbone
 
     m = cfg.model
-    backbone = Backbone(m.backbone, weights=m.weights, img_size=m.img_size, **m.backbone_kwargs)
+    backbone = Backbone(m.backbone, weights=m.weights, img_size=m.img_size, readout=m.readout,
+                        token_pool=m.token_pool, **m.backbone_kwargs)
     feats = {k: pooled_features(backbone, parts[k], cfg, settings) for k in ("train", "select", "test")}
     labels = {k: parts[k]["label"].to_numpy(float) for k in feats}
     predict, alpha = fit_ridge(feats["train"], labels["train"], feats["select"], labels["select"])
