@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main(argv: list[str]) -> int:
+    import pandas as pd
     import torch
 
     from nriqa.config import load_config
@@ -58,12 +59,13 @@ def main(argv: list[str]) -> int:
             t = time.perf_counter()
             result = fit_parts(cfg, parts, tmp)
             row["train_s"] = round(time.perf_counter() - t, 1)
-            logs = Path(tmp) / "logs" / "metrics.csv"
-            import pandas as pd
-
-            frame = pd.read_csv(logs)
-            val = frame.dropna(subset=["val/srcc"])[["epoch", "val/srcc", "val/plcc"]]
-            row["val_per_epoch"] = val.round(4).values.tolist()
+            if "history" in result.results:  # trainer.feature_cache: no Lightning logs
+                row["val_per_epoch"] = [[h["epoch"], round(h["val_srcc"], 4), round(h["val_plcc"], 4)]
+                                        for h in result.results["history"]]
+            else:
+                frame = pd.read_csv(Path(tmp) / "logs" / "metrics.csv")
+                val = frame.dropna(subset=["val/srcc"])[["epoch", "val/srcc", "val/plcc"]]
+                row["val_per_epoch"] = val.round(4).values.tolist()
             row["selected_epoch"] = result.results["selected_epoch"]
             row["val_selected_plcc"] = round(result.results["select_plcc"], 4)
             row["load_end"] = os.getloadavg()[0]
