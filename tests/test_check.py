@@ -13,7 +13,7 @@ from PIL import Image
 from nriqa.cli import main
 from nriqa.data import check
 from nriqa.data.check import check_dataset
-from nriqa.data.readers import BAD_ROW, DUPLICATE, LABEL_FILE, MISSING_FILE, UNREADABLE
+from nriqa.data.parsing.problems import BAD_ROW, DUPLICATE, LABEL_FILE, MISSING_FILE, UNREADABLE
 
 
 def image_bytes(fmt: str, size: int = 48) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from nriqa.data import synthetic as S
+from nriqa.data.datasets.embedded import load_embedded_table
 from nriqa.data.synthetic import (
     DISTORTIONS,
     KADID_MEANS,
@@ -25,7 +26,6 @@ from nriqa.data.synthetic import (
     build_embedded,
     embedded_dir,
     kadid_label,
-    load_embedded_table,
     load_reference,
     severities,
 )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nriqa.data import registry
-from nriqa.data.readers import KINDS, LABEL_FILE, UNREADABLE, Problem
+from nriqa.data.parsing.problems import KINDS, LABEL_FILE, UNREADABLE, Problem
 from nriqa.errors import DataError
 
 
@@ -44,7 +44,7 @@ class CheckReport:
         return not self.problems
 
     def counts(self) -> dict[str, int]:
-        """Problems per kind, in :data:`~nriqa.data.readers.KINDS` order."""
+        """Problems per kind, in :data:`~nriqa.data.parsing.problems.KINDS` order."""
         tally = Counter(p.kind for p in self.problems)
         return {k: tally[k] for k in (*KINDS, *sorted(set(tally) - set(KINDS))) if tally[k]}
 

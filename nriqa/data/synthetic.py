@@ -814,24 +814,3 @@ def _install(tmp: Path, root: Path, params: dict, replace: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
         replace = False
     raise DataError(root, "could not install the embedded dataset (concurrent builds?)")
-
-
-def load_embedded_table(root: str | Path | None = None, seed: int = 0, **build) -> pd.DataFrame:
-    """The embedded dataset's label table (:func:`nriqa.data.table.make_table`).
-
-    ``root`` is a built dataset; by default the dataset for ``seed`` is built (or found in the
-    cache) with :func:`build_embedded` and any extra ``build`` keyword arguments. Labels are the
-    KADID-calibrated scores on the scale ``Scale(0, 1, True)``; ``group`` is the reference name; ``split``
-    is "" (the dataset has no official split). Extra columns: ``dist_type``, ``level``,
-    ``ref_path`` (absolute).
-    """
-    if root is None:
-        root = build_embedded(seed=seed, **build)
-    elif build:
-        raise ConfigError(f"load_embedded_table: give root or build options, not both ({build})")
-    root = Path(root).expanduser().resolve()
-    if not (root / "manifest.json").is_file():
-        raise DataError(root, "no manifest.json: not a complete embedded dataset (rebuild it)")
-    from nriqa.data.registry import load_labels  # one reader for labels.csv: the registry's
-
-    return load_labels("embedded", root)
