@@ -123,7 +123,7 @@ class DatasetSpec:
             if taken:
                 others = [n for n, lay in self.layouts.items() if taken[0] in lay.options.model_fields]
                 raise ConfigError(f"dataset {self.name!r}: loader option {taken[0]!r} applies to its "
-                                  f"{'/'.join(others)} layout, not to {layout!r} (the one read)")
+                                  f"{'/'.join(others)} layout only, not to its {layout} layout")
             return _validate(self.name, model, options)
         checked = {}
         for lay in self.layouts.values():
