@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nriqa.data import synthetic as S
 from nriqa.data.datasets.embedded import load_embedded_table
 from nriqa.data.synthetic import (
     DISTORTIONS,
@@ -29,6 +28,7 @@ from nriqa.data.synthetic import (
     load_reference,
     severities,
 )
+from nriqa.data.synthetic import build as S
 from nriqa.data.table import COLUMNS
 from nriqa.errors import ConfigError, DataError
 

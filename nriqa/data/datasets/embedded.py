@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from nriqa.data import synthetic
 from nriqa.data.datasets.csv import read_generic_csv
 from nriqa.data.parsing.paths import label_path
 from nriqa.data.parsing.rows import read_csv_rows
@@ -33,18 +32,22 @@ def read_embedded(root, label_file, *, scale: Scale, problems=None) -> pd.DataFr
     return table
 
 
-def _built_root() -> Path:
-    # Looked up on the module at call time, so a test can stand in for the (slow) build.
-    return Path(synthetic.build_embedded())
+def _build(**options) -> Path:
+    """Build the embedded dataset (or find it in the cache) and return its root."""
+    # Imported here, not at the top: the builder pulls in scipy.signal, scikit-image and
+    # scikit-learn (about 2 s), which reading any other dataset's labels never needs.
+    from nriqa.data import synthetic  # noqa: PLC0415 - start-up time, see above
+
+    return Path(synthetic.build_embedded(**options))
 
 
 SPEC = DatasetSpec(
     name="embedded", title="nriqa's embedded synthetic dataset (built on first use)",
-    kind="synthetic", scale=synthetic.LABEL_SCALE, n_images=None, n_groups=None, official_split=(),
+    kind="synthetic", scale=Scale(0.0, 1.0), n_images=None, n_groups=None, official_split=(),
     layouts={"embedded": Layout(read_embedded, ("labels.csv",))},
     citation="nriqa: KADID-10k's distortions of photos bundled in installed packages, labelled "
              "with KADID-10k's mean human score per distortion type and level.",
-    default_root=_built_root,
+    default_root=_build,
 )
 
 
@@ -52,13 +55,13 @@ def load_embedded_table(root: str | Path | None = None, seed: int = 0, **build) 
     """The embedded dataset's label table (:func:`nriqa.data.table.make_table`).
 
     ``root`` is a built dataset; by default the dataset for ``seed`` is built (or found in the
-    cache) with :func:`~nriqa.data.synthetic.build_embedded` and any extra ``build`` keyword
+    cache) with :func:`nriqa.data.synthetic.build_embedded` and any extra ``build`` keyword
     arguments. Labels are the KADID-calibrated scores on the scale ``Scale(0, 1, True)``;
     ``group`` is the reference name; ``split`` is "" (the dataset has no official split). Extra
     columns: ``dist_type``, ``level``, ``ref_path`` (absolute).
     """
     if root is None:
-        root = synthetic.build_embedded(seed=seed, **build)
+        root = _build(seed=seed, **build)
     elif build:
         raise ConfigError(f"load_embedded_table: give root or build options, not both ({build})")
     root = Path(root).expanduser().resolve()
