@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from nriqa.data.dataset import IQADataset
+from nriqa.data.policy import CropPolicy
 from nriqa.errors import NriqaError, WeightsError
 from nriqa.io import atomic_write
 from nriqa.methods.lml import Projector, box_saliency, saliency_maps
@@ -158,9 +159,8 @@ def plot_saliency(model: DEIQT, image_paths, out_png: str | Path, k: int = 4, se
     size = int(input_size or input_size_of(model))
     device = _device_of(model)
     table = pd.DataFrame({"path": paths, "label": 0.0, "group": paths})
-    data = IQADataset(table, train=True, crop_size=size, crops_per_item=k, patch_num=1,
-                      resize=resize, small_image=small_image, seed=seed, return_full=True,
-                      full_size=full_size)
+    data = IQADataset(table, train=True, policy=CropPolicy(size, 1, "grid", resize, small_image),
+                      crops_per_item=k, seed=seed, return_full=True, full_size=full_size)
     plt = _plt()
     from matplotlib.patches import Rectangle
 
@@ -226,9 +226,9 @@ def crop_embeddings(model: DEIQT, table: pd.DataFrame, projector: Projector | No
     model = model.eval()
     size = int(input_size or input_size_of(model))
     device = _device_of(model)
-    data = IQADataset(table.reset_index(drop=True), train=True, crop_size=size,
-                      crops_per_item=crops_per_image, patch_num=1, resize=resize,
-                      small_image=small_image, seed=seed)
+    data = IQADataset(table.reset_index(drop=True), train=True,
+                      policy=CropPolicy(size, 1, "grid", resize, small_image),
+                      crops_per_item=crops_per_image, seed=seed)
     out, image, label = [], [], []
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]

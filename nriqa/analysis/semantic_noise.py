@@ -143,6 +143,7 @@ def extract_features(model_or_backbone, table: pd.DataFrame, settings: dict | No
     from torch.utils.data import DataLoader
 
     from nriqa.data.dataset import IQADataset
+    from nriqa.data.policy import CropPolicy
 
     if crops not in ("center", "test"):
         raise ValueError(f"crops must be 'center' or 'test', got {crops!r}")
@@ -152,9 +153,9 @@ def extract_features(model_or_backbone, table: pd.DataFrame, settings: dict | No
         patch_num, policy = 1, "grid"  # a one-crop grid is the centre crop
     else:
         patch_num, policy = int(s.get("test_patch_num") or 1), s.get("test_crops") or "grid"
-    dataset = IQADataset(table.reset_index(drop=True), train=False, crop_size=crop_size,
-                         patch_num=patch_num, resize=s.get("resize") or "none",
-                         small_image=s.get("small_image") or "upscale", test_crops=policy)
+    crop_policy = CropPolicy(crop_size, patch_num, policy, s.get("resize") or "none",
+                             s.get("small_image") or "upscale")
+    dataset = IQADataset(table.reset_index(drop=True), train=False, policy=crop_policy)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model_or_backbone.to(dev).eval()
     fn = _feature_fn(model)

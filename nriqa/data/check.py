@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nriqa.data import registry
+from nriqa.data.images import load_image
 from nriqa.data.parsing.problems import KINDS, LABEL_FILE, UNREADABLE, Problem
 from nriqa.errors import DataError
 
@@ -140,11 +141,9 @@ def check_dataset(
 
 def decode_all(paths: Sequence[str], workers: int = 4) -> list[Problem]:
     """A problem for each image that does not decode, in the order of ``paths``."""
-    decode = _decoder()
-
     def one(path: str) -> Problem | None:
         try:
-            decode(path)
+            load_image(path)
         except DataError as err:
             return Problem(UNREADABLE, path, "", err.problem)
         except Exception as err:  # any decoder failure is the file's problem, not the check's
@@ -153,22 +152,6 @@ def decode_all(paths: Sequence[str], workers: int = 4) -> list[Problem]:
 
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         return [p for p in pool.map(one, paths) if p is not None]
-
-
-def _decoder() -> Callable[[str], object]:
-    """nriqa's own image loader where it exists; else a plain full decode with Pillow."""
-    try:
-        from nriqa.data.images import load_image
-    except ImportError:
-        return _pil_decode
-    return load_image
-
-
-def _pil_decode(path: str) -> None:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Boxes are ``(x0, y0, x1, y1)`` integer pixel coordinates in the (resized) image, ``x1 - x0 ==
 y1 - y0 == size``. Training draws boxes with :func:`random_boxes` from a generator the caller seeds;
-evaluation uses :func:`test_boxes`, which is deterministic so an image always gets the same score.
+evaluation uses :func:`eval_boxes`, which is deterministic so an image always gets the same score.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def random_boxes(
     return _boxes(x0, y0, size)
 
 
-def test_boxes(
+def eval_boxes(
     width: int, height: int, size: int, n: int, policy: str = "grid", key: str = ""
 ) -> np.ndarray:
     """``n`` deterministic ``size`` x ``size`` boxes for evaluation, shape ``(n, 4)``.
@@ -137,7 +137,6 @@ def test_boxes(
     return _grid_boxes(width, height, size, n)
 
 
-test_boxes.__test__ = False  # not a pytest test despite the name
 
 
 def stable_seed(key: str) -> int:
