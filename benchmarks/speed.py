@@ -61,8 +61,9 @@ class StepTimer(L.Callback):
 
 
 def time_scoring(cfg, paths, device) -> list[dict]:
-    from nriqa.data.crops import ensure_min_size, eval_boxes, extract_crops, resize_image
+    from nriqa.data.crops import eval_boxes, extract_crops
     from nriqa.data.images import load_image
+    from nriqa.data.resize import ensure_min_size, resize_image
     from nriqa.models import DEIQT
 
     torch.manual_seed(0)
@@ -121,8 +122,9 @@ def peak_flops(n: int = 2048, rounds: int = 5) -> float:
 
 
 def time_backends(cfg, paths, batch_size: int, rounds: int) -> tuple[list[dict], dict]:
-    from nriqa.data.crops import ensure_min_size, eval_boxes, extract_crops, resize_image
+    from nriqa.data.crops import eval_boxes, extract_crops
     from nriqa.data.images import load_image
+    from nriqa.data.resize import ensure_min_size, resize_image
     from nriqa.inference.export import onnx_bytes, onnx_session
     from nriqa.models import DEIQT
 

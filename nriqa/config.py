@@ -29,8 +29,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from nriqa.data.crops import resized_size
 from nriqa.data.registry import get_spec
+from nriqa.data.resize import resized_size
 from nriqa.errors import ConfigError
 
 

@@ -10,16 +10,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nriqa.data.crops import (
-    ensure_min_size,
-    eval_boxes,
-    extract_crops,
-    random_boxes,
-    resize_image,
-    resized_size,
-)
+from nriqa.data.crops import eval_boxes, extract_crops, random_boxes
 from nriqa.data.dataset import ImageListDataset, IQADataset
 from nriqa.data.policy import CropPolicy
+from nriqa.data.resize import ensure_min_size, resize_image, resized_size
 from nriqa.data.table import Scale, make_table
 from nriqa.errors import ImageError
 

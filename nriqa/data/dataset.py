@@ -94,9 +94,9 @@ class IQADataset(Dataset):
     deterministic crops by its ``test_crops`` (``"grid"`` or ``"seeded"`` by the file name), never
     flipped; ``repeats``, ``crops_per_item``, ``seed`` and ``hflip`` are not used.
 
-    Each image is resized by the policy's ``resize`` (see :func:`~nriqa.data.crops.resize_image`),
+    Each image is resized by the policy's ``resize`` (see :func:`~nriqa.data.resize.resize_image`),
     then made at least ``crop_size`` on each side by its ``small_image`` (see
-    :func:`~nriqa.data.crops.ensure_min_size`). Items:
+    :func:`~nriqa.data.resize.ensure_min_size`). Items:
 
     - ``image`` uint8 ``(K, 3, S, S)``; ``label`` float32 scalar (the table's ``label``, [0, 1]);
     - ``index`` int64: the table's row label (its integer index, so a subset ``table.iloc[rows]``

@@ -21,16 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nriqa.data.crops import (
-    SMALL_IMAGE_POLICIES,
-    TEST_CROP_POLICIES,
-    ensure_min_size,
-    eval_boxes,
-    extract_crops,
-    resize_image,
-    resized_size,
-)
+from nriqa.data.crops import TEST_CROP_POLICIES, eval_boxes, extract_crops
 from nriqa.data.images import decode_image, load_image
+from nriqa.data.resize import SMALL_IMAGE_POLICIES, ensure_min_size, resize_image, resized_size
 
 
 @dataclass(frozen=True)

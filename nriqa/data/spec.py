@@ -84,7 +84,7 @@ class DatasetSpec:
     layouts: Mapping[str, Layout]
     citation: str
     patch_num: int = 25  # DEIQT's PATCH_NUM: crops per image per epoch
-    resize: str = "none"  # see nriqa.data.crops.resize_image; "deiqt" is DEIQT's (h, w) quirk
+    resize: str = "none"  # see nriqa.data.resize.resize_image; "deiqt" is DEIQT's (h, w) quirk
     notes: str = ""
     # The dataset folder when none is given (the embedded set builds itself); None: required.
     default_root: Callable[[], Path] | None = field(default=None, compare=False)
