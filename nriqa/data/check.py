@@ -127,7 +127,7 @@ def check_dataset(
     report.root = table.attrs.get("root", report.root)
     report.label_files = [str(f) for f in files]
     report.n_labelled = len(table)
-    mismatch = registry.size_mismatch(spec, len(table))
+    mismatch = spec.size_mismatch(len(table))
     if mismatch:
         report.notes.append(mismatch)
     if "note" in table.attrs:

@@ -92,12 +92,6 @@ def list_datasets() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def dataset_root(spec: DatasetSpec, root: str | Path | None, label_file=None) -> Path:
-    """The dataset folder: as given; for the embedded set built (or found cached) when None; for
-    a CSV the label file's folder when None."""
-    return spec.root(root, label_file)
-
-
 def pick_layout(
     spec: DatasetSpec, root: Path, layout: str = "auto", label_file=None
 ) -> tuple[str, Layout, list[Path]]:
@@ -148,15 +142,10 @@ def load_labels(
     """
     table, _, files = read_labels(name, root, layout, label_file,
                                   allow_outside_root=allow_outside_root, **options)
-    warning = size_mismatch(get_spec(name), len(table))
+    warning = get_spec(name).size_mismatch(len(table))
     if warning:
         warnings.warn(f"{', '.join(map(str, files))}: {warning}", UserWarning, stacklevel=2)
     return table
-
-
-def size_mismatch(spec: DatasetSpec, n: int) -> str:
-    """A sentence when ``n`` labelled images differ from the documented count, else ""."""
-    return spec.size_mismatch(n)
 
 
 __all__: Sequence[str] = (

@@ -21,6 +21,7 @@ from nriqa.data.table import Scale
 from nriqa.errors import LabelError
 
 log = logging.getLogger(__name__)
+
 KONIQ_IMAGE_DIRS = ("1024x768", "512x384")
 
 
