@@ -119,11 +119,12 @@ class DatasetSpec:
                                   f"its options: {known}")
         if layout is not None:
             model = self.layouts[layout].options
-            taken = [k for k in options if k not in model.model_fields]
-            if taken:
-                others = [n for n, lay in self.layouts.items() if taken[0] in lay.options.model_fields]
-                raise ConfigError(f"dataset {self.name!r}: loader option {taken[0]!r} applies to its "
-                                  f"{'/'.join(others)} layout only, not to its {layout} layout")
+            for key in options:
+                if key not in model.model_fields:
+                    takers = [n for n, lay in self.layouts.items() if key in lay.options.model_fields]
+                    raise ConfigError(f"dataset {self.name!r}: loader option {key!r} applies to "
+                                      f"its {'/'.join(takers)} layout only, not to its {layout} "
+                                      "layout")
             return _validate(self.name, model, options)
         checked = {}
         for lay in self.layouts.values():
@@ -227,4 +228,5 @@ def _find_label_file(root: Path, label_file) -> Path:
     path = label_path(None, label_file)  # relative to the working directory
     if path.is_file():
         return path
-    raise LabelError(label_file, f"label file not found (looked under {root} and the working directory)")
+    raise LabelError(label_file,
+                     f"label file not found (looked under {root} and the working directory)")

@@ -53,7 +53,7 @@ SPEC = DatasetSpec(
     n_groups=None, official_split=("train", "test"),
     layouts={
         "official": Layout(read_biq2021, ("Train (Images and MOS).csv",
-                                                  "Test (Images and MOS).csv"), combine=True),
+                                          "Test (Images and MOS).csv"), combine=True),
     },
     citation="N. Ahmed, S. Asif, BIQ2021: a large-scale blind image quality assessment "
              "database, J. Electron. Imaging 31(5) 053010, 2022.",

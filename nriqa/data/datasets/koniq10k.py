@@ -119,7 +119,7 @@ SPEC = DatasetSpec(
     resize="aspect:384x512",
     layouts={
         "official": Layout(read_koniq10k, ("koniq10k_distributions_sets.csv",
-                                                   "koniq10k_scores_and_distributions.csv")),
+                                           "koniq10k_scores_and_distributions.csv")),
         "pyiqa": Layout(read_koniq10k_pyiqa, pyiqa_files("KonIQ10k")),
     },
     citation="V. Hosu, H. Lin, T. Sziranyi, D. Saupe, KonIQ-10k: an ecologically valid "

@@ -1,4 +1,5 @@
-"""LIVE-FB / FLIVE (PaQ-2-PiQ) images: ``labels_image.csv``; the test split from ``labels640.csv``."""
+"""LIVE-FB / FLIVE (PaQ-2-PiQ) images: ``labels_image.csv``, the test split from
+``labels640.csv``."""
 
 from __future__ import annotations
 
