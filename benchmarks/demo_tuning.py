@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
-    # A fixed build may be named (editing synthetic.py changes the cache key).
+    # A fixed build may be named (editing nriqa/data/synthetic/ changes the cache key).
     root = os.environ.get("NRIQA_EMBEDDED_ROOT") or build_embedded()
     out_file = HERE / "results" / "demo_tuning.jsonl"
     probe_done = False

@@ -1,6 +1,6 @@
 """KADID-10k's mean human score per distortion type and level: the table the embedded dataset uses.
 
-The embedded dataset (nriqa/data/synthetic.py) labels each of its distortions with the mean score
+The embedded dataset (nriqa/data/synthetic/) labels each of its distortions with the mean score
 that KADID-10k's raters gave to the same distortion type at the same level (over its 81
 references). This script recomputes that table from KADID-10k's label file, read in place (the
 file itself never goes into the repository), prints it, writes ``results/kadid_table.{json,md}``

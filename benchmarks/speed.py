@@ -61,8 +61,9 @@ class StepTimer(L.Callback):
 
 
 def time_scoring(cfg, paths, device) -> list[dict]:
-    from nriqa.data.crops import ensure_min_size, extract_crops, resize_image, test_boxes
+    from nriqa.data.crops import eval_boxes, extract_crops
     from nriqa.data.images import load_image
+    from nriqa.data.resize import ensure_min_size, resize_image
     from nriqa.models import DEIQT
 
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def time_scoring(cfg, paths, device) -> list[dict]:
     crops = []
     for p in paths:
         img = ensure_min_size(resize_image(load_image(p), "none"), size)
-        crops.append(extract_crops(img, test_boxes(*img.size, size, k, "grid", p)))
+        crops.append(extract_crops(img, eval_boxes(*img.size, size, k, "grid", p)))
     crops = torch.stack(crops)
     with torch.inference_mode():
         model.backbone(crops[:8].flatten(0, 1).to(device))
@@ -121,8 +122,9 @@ def peak_flops(n: int = 2048, rounds: int = 5) -> float:
 
 
 def time_backends(cfg, paths, batch_size: int, rounds: int) -> tuple[list[dict], dict]:
-    from nriqa.data.crops import ensure_min_size, extract_crops, resize_image, test_boxes
+    from nriqa.data.crops import eval_boxes, extract_crops
     from nriqa.data.images import load_image
+    from nriqa.data.resize import ensure_min_size, resize_image
     from nriqa.inference.export import onnx_bytes, onnx_session
     from nriqa.models import DEIQT
 
@@ -132,7 +134,7 @@ def time_backends(cfg, paths, batch_size: int, rounds: int) -> tuple[list[dict],
     crops = []
     for p in paths:
         img = ensure_min_size(resize_image(load_image(p), "none"), size)
-        crops.append(extract_crops(img, test_boxes(*img.size, size, k, "grid", p)))
+        crops.append(extract_crops(img, eval_boxes(*img.size, size, k, "grid", p)))
     crops = torch.stack(crops)  # (n, k, 3, S, S) uint8
     n = len(paths)
     t0 = time.perf_counter()

@@ -29,7 +29,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from nriqa.data.registry import get_spec
+from nriqa.data.resize import resized_size
 from nriqa.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ class DataConfig(Section):
     root: str | None = Field(None, description="dataset folder; None only for `embedded`")
     layout: str = Field("auto", description="label layout: auto, official, pyiqa")
     label_file: str | None = Field(None, description="label file, overriding the layout's default")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra loader options (csv columns, scale)")
+    options: dict[str, Any] = Field(default_factory=dict, description="loader options of the dataset's reader (csv columns and scale, KonIQ's images folder); checked against the dataset")
     allow_outside_root: Bool = Field(False, description="accept label-file image paths outside the dataset root (refused by default)")
     crop_size: Int = Field(224, gt=0)
     patch_num: Int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
@@ -68,10 +71,22 @@ class DataConfig(Section):
     @classmethod
     def _resize_policy(cls, value):
         if value is not None:
-            from nriqa.data.crops import resized_size
-
             resized_size(64, 48, value)  # raises ValueError naming the allowed policies
         return value
+
+    @model_validator(mode="after")
+    def _loader_options(self):
+        if self.options:
+            try:
+                spec = get_spec(self.dataset)
+            except ConfigError:
+                return self  # an unknown dataset is reported, with its hint, when it is loaded
+            try:
+                spec.check_options(self.options, self.layout if self.layout in spec.layouts else None)
+            except ConfigError as err:  # as the message it is, without pydantic's "Value error"
+                raise PydanticCustomError("loader_option", "{reason}", {"reason": str(err)}) from None
+        return self
+
     small_image: Literal["upscale", "pad", "error"] = "upscale"
     test_crops: Literal["grid", "seeded"] = "grid"
     hflip: Bool = True

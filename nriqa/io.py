@@ -9,6 +9,7 @@ survives a power cut. The temporary file is removed on any exception, on Ctrl-C 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -117,3 +118,12 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB chunks (model files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,7 +13,7 @@ from PIL import Image
 from nriqa.cli import main
 from nriqa.data import check
 from nriqa.data.check import check_dataset
-from nriqa.data.readers import BAD_ROW, DUPLICATE, LABEL_FILE, MISSING_FILE, UNREADABLE
+from nriqa.data.parsing.problems import BAD_ROW, DUPLICATE, LABEL_FILE, MISSING_FILE, UNREADABLE
 
 
 def image_bytes(fmt: str, size: int = 48) -> bytes:
@@ -88,10 +88,14 @@ def test_check_clean_dataset(clean):
     assert report.summary().endswith("OK: no problems found")
 
 
-def test_check_pillow_fallback(broken, monkeypatch):
-    monkeypatch.setattr(check, "_decoder", lambda: check._pil_decode)
-    report = check_dataset("csv", broken, **SCALE)
-    assert report.counts()[UNREADABLE] == 3
+def test_check_reports_any_decoder_failure(clean, monkeypatch):
+    def fail(path):
+        raise OSError("decoder exploded")
+
+    monkeypatch.setattr(check, "load_image", fail)  # not a DataError: still the file's problem
+    report = check_dataset("csv", clean, **SCALE)
+    assert report.counts()[UNREADABLE] == 2
+    assert "OSError: decoder exploded" in report.summary()
 
 
 def test_check_unreadable_label_file(tmp_path):

@@ -10,15 +10,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nriqa.data.crops import (
-    ensure_min_size,
-    extract_crops,
-    random_boxes,
-    resize_image,
-    resized_size,
-    test_boxes,
-)
+from nriqa.data.crops import eval_boxes, extract_crops, random_boxes
 from nriqa.data.dataset import ImageListDataset, IQADataset
+from nriqa.data.policy import CropPolicy
+from nriqa.data.resize import ensure_min_size, resize_image, resized_size
 from nriqa.data.table import Scale, make_table
 from nriqa.errors import ImageError
 
@@ -124,37 +119,37 @@ def _corners(width, height, size):
 @pytest.mark.parametrize("n", [4, 5, 7, 10, 25])
 @pytest.mark.parametrize(("width", "height"), [(100, 60), (60, 100), (S, 50)])
 def test_grid_covers_corners(n, width, height):
-    boxes = test_boxes(width, height, S, n)
+    boxes = eval_boxes(width, height, S, n)
     assert boxes.shape == (n, 4)
     _inside(boxes, width, height, S)
     assert _corners(width, height, S) <= {tuple(b[:2]) for b in boxes}
 
 
 def test_grid_layout():
-    np.testing.assert_array_equal(test_boxes(100, 60, S, 1), [[34, 14, 66, 46]])  # centre
-    boxes = test_boxes(200, 100, S, 25)
+    np.testing.assert_array_equal(eval_boxes(100, 60, S, 1), [[34, 14, 66, 46]])  # centre
+    boxes = eval_boxes(200, 100, S, 25)
     assert len({tuple(b) for b in boxes}) == 25  # a 5 x 5 grid, all distinct
     assert sorted(set(boxes[:, 0])) == [0, 42, 84, 126, 168]
     # More crops along the long side: 10 crops on a landscape image are 3 rows of 4, 3, 3.
-    assert len(set(test_boxes(200, 100, S, 10)[:, 1])) == 3
-    assert len(set(test_boxes(100, 200, S, 10)[:, 0])) == 3
+    assert len(set(eval_boxes(200, 100, S, 10)[:, 1])) == 3
+    assert len(set(eval_boxes(100, 200, S, 10)[:, 0])) == 3
 
 
 def test_seeded_boxes_are_stable_per_key():
-    a = test_boxes(300, 200, S, 8, "seeded", key="img1.jpg")
+    a = eval_boxes(300, 200, S, 8, "seeded", key="img1.jpg")
     _inside(a, 300, 200, S)
-    np.testing.assert_array_equal(a, test_boxes(300, 200, S, 8, "seeded", key="img1.jpg"))
-    assert not np.array_equal(a, test_boxes(300, 200, S, 8, "seeded", key="img2.jpg"))
+    np.testing.assert_array_equal(a, eval_boxes(300, 200, S, 8, "seeded", key="img1.jpg"))
+    assert not np.array_equal(a, eval_boxes(300, 200, S, 8, "seeded", key="img2.jpg"))
     # Pinned values: the seed is a SHA-256 of the key, not Python's per-process hash().
     np.testing.assert_array_equal(
-        test_boxes(300, 200, S, 2, "seeded", key="img1.jpg"),
+        eval_boxes(300, 200, S, 2, "seeded", key="img1.jpg"),
         [[3, 14, 35, 46], [55, 95, 87, 127]],
     )
 
 
 def test_bad_test_crop_policy():
     with pytest.raises(ValueError, match="allowed: grid, seeded"):
-        test_boxes(100, 100, S, 4, "random")
+        eval_boxes(100, 100, S, 4, "random")
 
 
 # --- crop extraction ------------------------------------------------------------------------
@@ -214,7 +209,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_eval_item_contents(table, images):
-    ds = IQADataset(table, train=False, crop_size=S, patch_num=5)
+    ds = IQADataset(table, train=False, policy=CropPolicy(S, patch_num=5))
     assert len(ds) == len(table)
     item = ds[4]
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (5, 3, S, S)
@@ -235,26 +230,27 @@ def test_eval_item_contents(table, images):
 
 
 def test_group_codes_and_row_labels(table):
-    ds = IQADataset(table, train=False, crop_size=S)
+    ds = IQADataset(table, train=False, policy=CropPolicy(S))
     assert [ds[i]["group"].item() for i in range(5)] == [1, 0, 1, 2, 0]
-    subset = IQADataset(table.iloc[[3, 1]], train=False, crop_size=S)
+    subset = IQADataset(table.iloc[[3, 1]], train=False, policy=CropPolicy(S))
     assert [subset[i]["index"].item() for i in range(2)] == [3, 1]
 
 
 @pytest.mark.parametrize("policy", ["grid", "seeded"])
 def test_eval_crops_identical_across_calls_and_instances(table, policy):
-    a = IQADataset(table, train=False, crop_size=S, patch_num=3, test_crops=policy)
-    b = IQADataset(table, train=False, crop_size=S, patch_num=3, test_crops=policy, seed=7)
+    crops = CropPolicy(S, patch_num=3, test_crops=policy)
+    a = IQADataset(table, train=False, policy=crops)
+    b = IQADataset(table, train=False, policy=crops, seed=7)
     b.set_epoch(5)
     for i in range(len(table)):
         assert _same(a[i], a[i]) and _same(a[i], b[i])
 
 
 def test_train_crops_by_seed_epoch_index(table, images):
-    ds = IQADataset(table, train=True, crop_size=S, crops_per_item=4, patch_num=3, seed=1)
+    ds = IQADataset(table, train=True, policy=CropPolicy(S), crops_per_item=4, repeats=3, seed=1)
     assert len(ds) == 3 * len(table)
     first = [ds[i] for i in range(len(ds))]
-    again = IQADataset(table, train=True, crop_size=S, crops_per_item=4, patch_num=3, seed=1)
+    again = IQADataset(table, train=True, policy=CropPolicy(S), crops_per_item=4, repeats=3, seed=1)
     assert all(_same(x, again[i]) for i, x in enumerate(first))
     assert first[0]["image"].shape == (4, 3, S, S) and first[0]["flip"].shape == (4,)
     # item i is image i % len(table), each visit with its own crops
@@ -263,7 +259,8 @@ def test_train_crops_by_seed_epoch_index(table, images):
     ds.set_epoch(1)
     assert ds.epoch == 1
     assert sum(not _same(x, ds[i]) for i, x in enumerate(first)) >= len(ds) - 1
-    other_seed = IQADataset(table, train=True, crop_size=S, crops_per_item=4, patch_num=3, seed=2)
+    other_seed = IQADataset(table, train=True, policy=CropPolicy(S), crops_per_item=4, repeats=3,
+                            seed=2)
     assert not all(_same(x, other_seed[i]) for i, x in enumerate(first))
     # The flips are real: a flipped crop is the mirrored slice.
     arr = _read(images[4])
@@ -277,7 +274,8 @@ def test_train_crops_by_seed_epoch_index(table, images):
 
 
 def test_no_hflip(table):
-    ds = IQADataset(table, train=True, crop_size=S, crops_per_item=4, patch_num=3, hflip=False)
+    ds = IQADataset(table, train=True, policy=CropPolicy(S), crops_per_item=4, repeats=3,
+                    hflip=False)
     assert not any(ds[i]["flip"].any() for i in range(len(ds)))
 
 
@@ -296,7 +294,7 @@ def _same_batches(a, b):
 
 @pytest.mark.slow
 def test_train_crops_independent_of_workers(table):
-    kw = dict(train=True, crop_size=S, crops_per_item=2, patch_num=2, seed=3)
+    kw = dict(train=True, policy=CropPolicy(S), crops_per_item=2, repeats=2, seed=3)
     serial = IQADataset(table, **kw)
     parallel = IQADataset(table, **kw)
     _, run_serial = _batches(serial, 0)
@@ -312,7 +310,8 @@ def test_train_crops_independent_of_workers(table):
 
 
 def test_batches_of_different_sizes_collate(table):
-    ds = IQADataset(table, train=False, crop_size=S, patch_num=2, return_full=True, full_size=24)
+    ds = IQADataset(table, train=False, policy=CropPolicy(S, patch_num=2), return_full=True,
+                    full_size=24)
     batch = next(iter(DataLoader(ds, batch_size=len(table))))
     assert batch["image"].shape == (5, 2, 3, S, S)
     assert batch["full"].shape == (5, 3, 24, 24) and batch["full"].dtype == torch.uint8
@@ -325,7 +324,7 @@ def test_return_full_is_the_whole_image(tmp_path):
     path = tmp_path / "half.png"
     Image.fromarray(arr).save(path)
     tbl = make_table([path], [1.0], Scale(0, 1))
-    item = IQADataset(tbl, train=True, crop_size=S, return_full=True, full_size=16)[0]
+    item = IQADataset(tbl, train=True, policy=CropPolicy(S), return_full=True, full_size=16)[0]
     full = item["full"]
     assert full.shape == (3, 16, 16)
     assert full[:, :, :6].max() < 10 and full[:, :, 10:].min() > 245
@@ -333,25 +332,21 @@ def test_return_full_is_the_whole_image(tmp_path):
 
 def test_resize_and_small_image_in_dataset(images):
     tbl = make_table(images[:1], [1.0], Scale(0, 1))  # 48x40
-    ds = IQADataset(tbl, train=False, crop_size=S, patch_num=4, resize="short:64")
+    ds = IQADataset(tbl, train=False, policy=CropPolicy(S, patch_num=4, resize="short:64"))
     boxes = ds[0]["boxes"].numpy() * [77, 64, 77, 64]  # 48x40 -> 77x64 (rounded)
     np.testing.assert_allclose(np.diff(boxes[:, [0, 2]]), S, atol=1e-4)
     assert boxes[:, 2].max() == pytest.approx(77)
-    small = IQADataset(tbl, train=False, crop_size=64, small_image="error")
+    small = IQADataset(tbl, train=False, policy=CropPolicy(64, small_image="error"))
     with pytest.raises(ImageError, match=r"img0.png: image is 48x40"):
         small[0]
-    assert IQADataset(tbl, train=False, crop_size=64)[0]["image"].shape == (1, 3, 64, 64)
-    assert IQADataset(tbl, train=False, crop_size=64, small_image="pad")[0]["image"].shape == (
-        1,
-        3,
-        64,
-        64,
-    )
+    assert IQADataset(tbl, train=False, policy=CropPolicy(64))[0]["image"].shape == (1, 3, 64, 64)
+    padded = IQADataset(tbl, train=False, policy=CropPolicy(64, small_image="pad"))
+    assert padded[0]["image"].shape == (1, 3, 64, 64)
 
 
 def test_unreadable_image_raises_with_path(table, images):
     images[2].write_bytes(b"not an image")
-    ds = IQADataset(table, train=True, crop_size=S)
+    ds = IQADataset(table, train=True, policy=CropPolicy(S))
     assert ds[0]["image"].shape == (1, 3, S, S)
     with pytest.raises(ImageError, match="img2.png"):
         ds[2]
@@ -359,9 +354,9 @@ def test_unreadable_image_raises_with_path(table, images):
 
 def test_bad_arguments(table):
     with pytest.raises(ValueError, match="allowed"):
-        IQADataset(table, train=True, resize="big")
+        IQADataset(table, train=True, policy=CropPolicy(resize="big"))
     with pytest.raises(ValueError, match="allowed"):
-        IQADataset(table, train=False, test_crops="center")
+        IQADataset(table, train=False, policy=CropPolicy(test_crops="center"))
     with pytest.raises(ValueError, match="lacks"):
         IQADataset(table.drop(columns="group"), train=True)
     with pytest.raises(IndexError):
@@ -372,7 +367,7 @@ def test_image_list_dataset_reports_bad_files(images, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8garbage")
     paths = [images[0], broken, tmp_path / "missing.png", images[4]]
-    ds = ImageListDataset(paths, crop_size=S, patch_num=3)
+    ds = ImageListDataset(paths, CropPolicy(S, patch_num=3))
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 3, S, S)
     assert batch["error"][0] == "" and batch["error"][3] == ""
@@ -382,6 +377,6 @@ def test_image_list_dataset_reports_bad_files(images, tmp_path):
     assert batch["index"].tolist() == [0, 1, 2, 3]
     # Same crops as the labelled dataset's evaluation items.
     tbl = make_table(images, [1] * 5, Scale(0, 5))
-    labelled = IQADataset(tbl, train=False, crop_size=S, patch_num=3)[4]
+    labelled = IQADataset(tbl, train=False, policy=CropPolicy(S, patch_num=3))[4]
     assert torch.equal(labelled["image"], batch["image"][3])
     assert torch.equal(labelled["boxes"], batch["boxes"][3])

@@ -21,7 +21,7 @@ import pytest
 import scipy.io
 
 from nriqa.data.check import check_dataset
-from nriqa.data.readers import LIVE_FOLDERS
+from nriqa.data.datasets.live import LIVE_FOLDERS
 from nriqa.data.registry import get_spec, load_labels
 
 pytestmark = pytest.mark.realdata

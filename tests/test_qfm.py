@@ -382,8 +382,9 @@ def test_pseudo_labelled_images_enter_the_memory_with_teacher_scores_and_own_gro
     assert o["source"].tolist() == [SOURCE_PSEUDO] * 3
     assert o["groups"].tolist() == [-2, -3, -4]  # own groups (file positions 1..3), never >= 0
     from nriqa.data.dataset import ImageListDataset
+    from nriqa.data.policy import CropPolicy
 
-    crops = torch.stack([ImageListDataset([folder / f"u{i}.png"], crop_size=32)[0]["image"][0]
+    crops = torch.stack([ImageListDataset([folder / f"u{i}.png"], CropPolicy(32))[0]["image"][0]
                          for i in range(3)])
     with torch.no_grad():
         expected = method.teacher(crops)

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from nriqa.data import readers
-from nriqa.data.readers import BAD_ROW, DUPLICATE, MISSING_FILE, Resolver
+from nriqa.data.datasets.csv import read_generic_csv
+from nriqa.data.datasets.tid2013 import read_tid2013
+from nriqa.data.parsing import paths
+from nriqa.data.parsing.paths import Resolver
+from nriqa.data.parsing.problems import BAD_ROW, DUPLICATE, MISSING_FILE
 from nriqa.data.registry import DATASETS, get_spec, list_datasets, load_labels
 from nriqa.data.table import COLUMNS, Scale
 from nriqa.errors import ConfigError, LabelError
@@ -109,13 +112,13 @@ def test_strict_error_counts_the_others_and_collect_mode_lists_all(tmp_path):
     with pytest.raises(LabelError, match=r"line 2: .*\(2 more problem"):
         load_labels("csv", tmp_path, low=0, high=1)
     problems: list = []
-    table = readers.read_generic_csv(tmp_path, label_file, low=0, high=1, problems=problems)
+    table = read_generic_csv(tmp_path, label_file, low=0, high=1, problems=problems)
     assert table["path"].tolist() == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
     assert [(p.kind, p.where) for p in problems] == [
         (BAD_ROW, "line 2"), (BAD_ROW, "line 3"), (MISSING_FILE, "line 4")]
     problems.clear()
     bad_csv(tmp_path, "a.jpg,0.1\na.jpg,0.2\n")
-    readers.read_generic_csv(tmp_path, label_file, low=0, high=1, problems=problems)
+    read_generic_csv(tmp_path, label_file, low=0, high=1, problems=problems)
     assert [(p.kind, p.where) for p in problems] == [(DUPLICATE, "line 3")]
 
 
@@ -141,7 +144,7 @@ def test_resolver_matches_case_and_lists_each_folder_once(tmp_path, monkeypatch)
     make_tree(tmp_path, ["Images/x.JPG", "Images/y.jpg", "Images/sub/z.png", "dup/a.jpg", "dup/a.JPG"])
     calls = []
     real = os.scandir
-    monkeypatch.setattr(readers.os, "scandir", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(paths.os, "scandir", lambda p: calls.append(p) or real(p))
     res = Resolver(tmp_path)
     assert res.resolve("images/x.jpg") == tmp_path / "Images/x.JPG"
     assert res.resolve("Images/Y.JPG") == tmp_path / "Images/y.jpg"
@@ -180,7 +183,7 @@ def test_whitespace_label_file_bad_line(tmp_path):
     with pytest.raises(LabelError, match=r"mos_with_names.txt: line 2: expected 2 fields"):
         load_labels("tid2013", tmp_path)
     problems: list = []
-    table = readers.read_tid2013(tmp_path, "mos_with_names.txt", scale=Scale(0, 9), problems=problems)
+    table = read_tid2013(tmp_path, "mos_with_names.txt", scale=Scale(0, 9), problems=problems)
     assert table["group"].tolist() == ["I01", "I01"] and len(problems) == 1
 
 

@@ -61,8 +61,9 @@ def test_extract_features_centre_crop_and_mean_over_test_crops(tmp_path):
     centre = extract_features(net, table, {"crop_size": 32}, device="cpu")
     assert centre.shape == (4, net.feature_dim)
     from nriqa.data.dataset import IQADataset
+    from nriqa.data.policy import CropPolicy
 
-    crops = torch.stack([IQADataset(table, train=False, crop_size=32, patch_num=3)[i]["image"]
+    crops = torch.stack([IQADataset(table, train=False, policy=CropPolicy(32, 3))[i]["image"]
                          for i in range(4)])
     with torch.no_grad():
         expected = net.eval()(crops.flatten(0, 1))[0].view(4, 3, -1).mean(1).numpy()
@@ -70,7 +71,7 @@ def test_extract_features_centre_crop_and_mean_over_test_crops(tmp_path):
     mean = extract_features(net, table, {"crop_size": 32, "test_patch_num": 3}, crops="test",
                             device="cpu")
     assert np.allclose(mean, expected, atol=1e-5)
-    one = IQADataset(table, train=False, crop_size=32, patch_num=1)[0]["image"]
+    one = IQADataset(table, train=False, policy=CropPolicy(32, 1))[0]["image"]
     with torch.no_grad():
         assert np.allclose(centre[0], net(one)[0][0].numpy(), atol=1e-5)
     assert not np.allclose(first, mean)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nriqa.data import synthetic as S
+from nriqa.data.datasets.embedded import load_embedded_table
 from nriqa.data.synthetic import (
     DISTORTIONS,
     KADID_MEANS,
@@ -25,10 +25,10 @@ from nriqa.data.synthetic import (
     build_embedded,
     embedded_dir,
     kadid_label,
-    load_embedded_table,
     load_reference,
     severities,
 )
+from nriqa.data.synthetic import build as S
 from nriqa.data.table import COLUMNS
 from nriqa.errors import ConfigError, DataError
 

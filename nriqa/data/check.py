@@ -11,13 +11,14 @@ The command itself (exit code 0 clean, 1 problems found, 2 the check could not r
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nriqa.data import registry
-from nriqa.data.readers import KINDS, LABEL_FILE, UNREADABLE, Problem
+from nriqa.data.images import load_image
+from nriqa.data.parsing.problems import KINDS, LABEL_FILE, UNREADABLE, Problem
 from nriqa.errors import DataError
 
 
@@ -41,7 +42,7 @@ class CheckReport:
         return not self.problems
 
     def counts(self) -> dict[str, int]:
-        """Problems per kind, in :data:`~nriqa.data.readers.KINDS` order."""
+        """Problems per kind, in :data:`~nriqa.data.parsing.problems.KINDS` order."""
         tally = Counter(p.kind for p in self.problems)
         return {k: tally[k] for k in (*KINDS, *sorted(set(tally) - set(KINDS))) if tally[k]}
 
@@ -123,7 +124,7 @@ def check_dataset(
     report.root = table.attrs.get("root", report.root)
     report.label_files = [str(f) for f in files]
     report.n_labelled = len(table)
-    mismatch = registry.size_mismatch(spec, len(table))
+    mismatch = spec.size_mismatch(len(table))
     if mismatch:
         report.notes.append(mismatch)
     if "note" in table.attrs:
@@ -137,11 +138,9 @@ def check_dataset(
 
 def decode_all(paths: Sequence[str], workers: int = 4) -> list[Problem]:
     """A problem for each image that does not decode, in the order of ``paths``."""
-    decode = _decoder()
-
     def one(path: str) -> Problem | None:
         try:
-            decode(path)
+            load_image(path)
         except DataError as err:
             return Problem(UNREADABLE, path, "", err.problem)
         except Exception as err:  # any decoder failure is the file's problem, not the check's
@@ -150,19 +149,3 @@ def decode_all(paths: Sequence[str], workers: int = 4) -> list[Problem]:
 
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         return [p for p in pool.map(one, paths) if p is not None]
-
-
-def _decoder() -> Callable[[str], object]:
-    """nriqa's own image loader where it exists; else a plain full decode with Pillow."""
-    try:
-        from nriqa.data.images import load_image
-    except ImportError:
-        return _pil_decode
-    return load_image
-
-
-def _pil_decode(path: str) -> None:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()

@@ -20,22 +20,21 @@ from nriqa.data.policy import CropPolicy, crop_key
 from nriqa.errors import DataError
 
 _RESAMPLE = Image.Resampling.BICUBIC
+_DEFAULT_POLICY = CropPolicy()  # 224 px, one grid crop, no resize; frozen, so safe to share
 
 
 class _CropSettings:
     """What turns a file into crops; shared by both datasets and checked once, up front. The
-    decode, resize and test boxes are :class:`~nriqa.data.policy.CropPolicy`'s, as in scoring."""
+    decode, resize and test boxes are the :class:`~nriqa.data.policy.CropPolicy`'s, as in
+    scoring."""
 
-    def __init__(self, crop_size, resize, small_image, test_crops, return_full, full_size):
-        if crop_size < 1 or full_size < 1:
-            raise ValueError(
-                f"crop_size and full_size must be positive, got {crop_size}, {full_size}"
-            )
-        self.policy = CropPolicy(int(crop_size), 1, test_crops, resize, small_image)
-        self.crop_size = int(crop_size)
-        self.resize = resize
-        self.small_image = small_image
-        self.test_crops = test_crops
+    def __init__(self, policy: CropPolicy, return_full: bool, full_size: int):
+        if not isinstance(policy, CropPolicy):
+            raise TypeError(f"policy must be a CropPolicy, got {type(policy).__name__}")
+        if full_size < 1:
+            raise ValueError(f"full_size must be positive, got {full_size}")
+        self.policy = policy
+        self.crop_size = int(policy.crop_size)
         self.return_full = bool(return_full)
         self.full_size = int(full_size)
 
@@ -43,9 +42,9 @@ class _CropSettings:
         """Decode, resize and make the image large enough for one crop."""
         return self.policy.open(path)
 
-    def test_boxes(self, img: Image.Image, n: int, path: str) -> np.ndarray:
+    def eval_boxes(self, img: Image.Image, path: str) -> np.ndarray:
         # Keyed by the file name, not the full path: the crops do not depend on where the data lives.
-        return self.policy.boxes(img, crop_key(path), n)
+        return self.policy.boxes(img, crop_key(path))
 
     def crop_item(self, img: Image.Image, boxes: np.ndarray, flips: np.ndarray) -> dict:
         scale = np.array([*img.size, *img.size], dtype=np.float64)  # (x0, y0, x1, y1) -> [0, 1]
@@ -79,21 +78,25 @@ def _full_image(img: Image.Image, size: int) -> torch.Tensor:
 class IQADataset(Dataset):
     """Crops of the images of a label table, with their labels.
 
-    Training (``train=True``): ``len = len(table) * patch_num`` (DEIQT's PATCH_NUM: each image is
-    visited ``patch_num`` times an epoch); item ``i`` is image ``i % len(table)`` with
+    ``policy`` (:class:`~nriqa.data.policy.CropPolicy`) says how a file becomes crops: its crop
+    size, resize and small-image policies in both modes, its ``patch_num`` and ``test_crops`` in
+    evaluation. The other arguments are training-only, except ``return_full`` / ``full_size``.
+
+    Training (``train=True``): ``len = len(table) * repeats`` (DEIQT's PATCH_NUM: each image is
+    visited ``repeats`` times an epoch); item ``i`` is image ``i % len(table)`` with
     ``crops_per_item`` (K) uniformly random crops, each flipped horizontally with probability 1/2
     when ``hflip``. The randomness comes only from ``np.random.default_rng([seed, epoch, i])``, so a
     run is exact whatever the number of DataLoader workers and a resumed run sees the same crops.
     Call :meth:`set_epoch` at the start of every epoch; the epoch lives in shared memory so
     persistent workers see it too.
 
-    Evaluation (``train=False``): ``len = len(table)``; each item holds ``patch_num`` deterministic
-    crops by ``test_crops`` (``"grid"`` or ``"seeded"`` by the file name), never flipped;
-    ``crops_per_item`` and ``seed`` are not used.
+    Evaluation (``train=False``): ``len = len(table)``; each item holds the policy's ``patch_num``
+    deterministic crops by its ``test_crops`` (``"grid"`` or ``"seeded"`` by the file name), never
+    flipped; ``repeats``, ``crops_per_item``, ``seed`` and ``hflip`` are not used.
 
-    Each image is resized by ``resize`` (see :func:`~nriqa.data.crops.resize_image`), then made at
-    least ``crop_size`` on each side by ``small_image`` (see
-    :func:`~nriqa.data.crops.ensure_min_size`). Items:
+    Each image is resized by the policy's ``resize`` (see :func:`~nriqa.data.resize.resize_image`),
+    then made at least ``crop_size`` on each side by its ``small_image`` (see
+    :func:`~nriqa.data.resize.ensure_min_size`). Items:
 
     - ``image`` uint8 ``(K, 3, S, S)``; ``label`` float32 scalar (the table's ``label``, [0, 1]);
     - ``index`` int64: the table's row label (its integer index, so a subset ``table.iloc[rows]``
@@ -111,34 +114,31 @@ class IQADataset(Dataset):
         self,
         table: pd.DataFrame,
         train: bool,
-        crop_size: int = 224,
+        policy: CropPolicy = _DEFAULT_POLICY,
+        *,
+        repeats: int = 1,
         crops_per_item: int = 1,
-        patch_num: int = 1,
-        resize: str = "none",
-        small_image: str = "upscale",
-        test_crops: str = "grid",
         seed: int = 0,
+        hflip: bool = True,
         return_full: bool = False,
         full_size: int = 224,
-        hflip: bool = True,
     ):
         missing = [c for c in ("path", "label", "group") if c not in table.columns]
         if missing:
             raise ValueError(f"label table lacks column(s) {missing}")
         if len(table) == 0:
             raise ValueError("label table is empty")
-        if crops_per_item < 1 or patch_num < 1:
+        if crops_per_item < 1 or repeats < 1:
             raise ValueError(
-                f"crops_per_item and patch_num must be >= 1, got {crops_per_item}, {patch_num}"
+                f"crops_per_item and repeats must be >= 1, got {crops_per_item}, {repeats}"
             )
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.settings = _CropSettings(
-            crop_size, resize, small_image, test_crops, return_full, full_size
-        )
+        self.settings = _CropSettings(policy, return_full, full_size)
+        self.policy = policy
         self.train = bool(train)
         self.crops_per_item = int(crops_per_item)
-        self.patch_num = int(patch_num)
+        self.repeats = int(repeats)
         self.seed = int(seed)
         self.hflip = bool(hflip)
         self.paths = [str(p) for p in table["path"]]
@@ -160,7 +160,7 @@ class IQADataset(Dataset):
         self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
-        return len(self.paths) * (self.patch_num if self.train else 1)
+        return len(self.paths) * (self.repeats if self.train else 1)
 
     def __getitem__(self, idx: int) -> dict:
         idx = _check_index(idx, len(self))
@@ -170,7 +170,7 @@ class IQADataset(Dataset):
         if self.train:
             boxes, flips = self._train_boxes(img, idx)
         else:
-            boxes = self.settings.test_boxes(img, self.patch_num, path)
+            boxes = self.settings.eval_boxes(img, path)
             flips = np.zeros(len(boxes), dtype=bool)
         item = self.settings.crop_item(img, boxes, flips)
         item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
@@ -187,10 +187,11 @@ class IQADataset(Dataset):
 
 
 class ImageListDataset(Dataset):
-    """``patch_num`` deterministic test crops of each file in ``paths``, for scoring unlabelled images.
+    """The ``policy``'s ``patch_num`` deterministic test crops of each file in ``paths``, for
+    scoring unlabelled images.
 
-    Same preprocessing as :class:`IQADataset` in evaluation. Items: ``image``, ``boxes``, ``flip``
-    (and ``full``) as there, ``index`` int64 (position in ``paths``), ``path`` str and ``error`` str.
+    Same preprocessing as :class:`IQADataset` in evaluation with the same policy. Items:
+    ``image``, ``boxes``, ``flip`` (and ``full``) as there, ``index`` int64 (position in ``paths``), ``path`` str and ``error`` str.
 
     A file that cannot be used (missing, corrupt, too small under ``small_image="error"``) does not
     raise: its item has all-zero ``image`` / ``boxes`` and ``error`` holds the message naming the
@@ -201,27 +202,14 @@ class ImageListDataset(Dataset):
     def __init__(
         self,
         paths,
-        crop_size: int = 224,
-        patch_num: int = 1,
-        resize: str = "none",
-        small_image: str = "upscale",
-        test_crops: str = "grid",
+        policy: CropPolicy = _DEFAULT_POLICY,
+        *,
         return_full: bool = False,
         full_size: int = 224,
     ):
-        if patch_num < 1:
-            raise ValueError(f"patch_num must be >= 1, got {patch_num}")
-        self.settings = _CropSettings(
-            crop_size, resize, small_image, test_crops, return_full, full_size
-        )
-        self.patch_num = int(patch_num)
+        self.settings = _CropSettings(policy, return_full, full_size)
+        self.policy = policy
         self.paths = [str(p) for p in paths]
-
-    @classmethod
-    def from_policy(cls, paths, policy: CropPolicy) -> ImageListDataset:
-        return cls(paths, crop_size=policy.crop_size, patch_num=policy.patch_num,
-                   resize=policy.resize, small_image=policy.small_image,
-                   test_crops=policy.test_crops)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -231,11 +219,11 @@ class ImageListDataset(Dataset):
         path = self.paths[idx]
         try:
             img = self.settings.prepare(path)
-            boxes = self.settings.test_boxes(img, self.patch_num, path)
+            boxes = self.settings.eval_boxes(img, path)
             item = self.settings.crop_item(img, boxes, np.zeros(len(boxes), dtype=bool))
             error = ""
         except DataError as err:
-            item, error = self.settings.blank_item(self.patch_num), str(err)
+            item, error = self.settings.blank_item(self.policy.patch_num), str(err)
         item.update(index=torch.tensor(idx, dtype=torch.int64), path=path, error=error)
         return item
 

@@ -21,16 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nriqa.data.crops import (
-    SMALL_IMAGE_POLICIES,
-    TEST_CROP_POLICIES,
-    ensure_min_size,
-    extract_crops,
-    resize_image,
-    resized_size,
-    test_boxes,
-)
+from nriqa.data.crops import TEST_CROP_POLICIES, eval_boxes, extract_crops
 from nriqa.data.images import decode_image, load_image
+from nriqa.data.resize import SMALL_IMAGE_POLICIES, ensure_min_size, resize_image, resized_size
 
 
 @dataclass(frozen=True)
@@ -78,7 +71,7 @@ class CropPolicy:
         return self.prepare(load_image(path), path)
 
     def boxes(self, img: Image.Image, key: str, n: int | None = None) -> np.ndarray:
-        return test_boxes(*img.size, self.crop_size, n or self.patch_num, self.test_crops, key)
+        return eval_boxes(*img.size, self.crop_size, n or self.patch_num, self.test_crops, key)
 
     def crops(self, image: Image.Image, key: str | None = None) -> torch.Tensor:
         """The ``(patch_num, 3, S, S)`` uint8 test crops of a ``PIL`` image of any mode."""

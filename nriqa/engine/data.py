@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from nriqa.config import RunConfig
 from nriqa.data.dataset import IQADataset
+from nriqa.data.policy import CropPolicy
 from nriqa.engine.sampling import EpochKeyed, EvalSampler, TrainSampler, dist_info
 
 
@@ -42,9 +43,7 @@ def subset(table: pd.DataFrame, rows) -> pd.DataFrame:
 
 
 def eval_dataset(cfg: RunConfig, table: pd.DataFrame, settings: DataSettings) -> IQADataset:
-    d = cfg.data
-    return IQADataset(table, train=False, crop_size=d.crop_size, patch_num=settings.test_patch_num,
-                      resize=settings.resize, small_image=d.small_image, test_crops=d.test_crops,
+    return IQADataset(table, train=False, policy=CropPolicy.from_config(cfg, settings),
                       seed=cfg.trainer.seed)
 
 
@@ -73,11 +72,11 @@ class IQADataModule(L.LightningDataModule):
 
     def train_dataset(self) -> IQADataset:
         d = self.cfg.data
-        return IQADataset(self.tables["train"], train=True, crop_size=d.crop_size,
-                          crops_per_item=self.crops_per_image, patch_num=self.repeats,
-                          resize=self.settings.resize, small_image=d.small_image,
-                          test_crops=d.test_crops, seed=self.cfg.trainer.seed,
-                          return_full=self.needs_full_image, full_size=d.crop_size, hflip=d.hflip)
+        return IQADataset(self.tables["train"], train=True,
+                          policy=CropPolicy.from_config(self.cfg, self.settings),
+                          repeats=self.repeats, crops_per_item=self.crops_per_image,
+                          seed=self.cfg.trainer.seed, hflip=d.hflip,
+                          return_full=self.needs_full_image, full_size=d.crop_size)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()

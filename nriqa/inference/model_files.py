@@ -22,7 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nriqa.config import ModelConfig, RunConfig
-from nriqa.data.crops import SMALL_IMAGE_POLICIES, TEST_CROP_POLICIES, resized_size
+from nriqa.data.crops import TEST_CROP_POLICIES
+from nriqa.data.resize import SMALL_IMAGE_POLICIES, resized_size
 from nriqa.errors import WeightsError
 from nriqa.io import atomic_write
 from nriqa.models import DEIQT

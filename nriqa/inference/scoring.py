@@ -173,7 +173,7 @@ class Scorer:
     def batches(self, paths: Sequence[str | Path]) -> Iterator[dict]:
         """Collated batches of test crops, decoded ahead of the model: by ``num_workers``
         processes (each two batches ahead), or with 0 workers by one thread of this process."""
-        dataset = ImageListDataset.from_policy(paths, self.policy)
+        dataset = ImageListDataset(paths, self.policy)
         if self.num_workers > 0:
             return iter(DataLoader(dataset, batch_size=self.batch_size,
                                    num_workers=self.num_workers, prefetch_factor=2))

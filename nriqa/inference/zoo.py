@@ -18,7 +18,6 @@ A model is named by one string (:func:`resolve_model`), the same in the API and 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -26,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from nriqa.errors import WeightsError
+from nriqa.io import sha256_file as sha256_of
 
 DEFAULT_MODEL = "biq2021-lite0"
 PACKAGE = "nriqa.pretrained"
@@ -86,14 +86,6 @@ def card(name: str) -> ModelCard:
         raise WeightsError(f"unknown model {name!r}{hint} (registered: {known}; or give a "
                            f"path to a .safetensors file, or hf:OWNER/REPO/FILE)")
     return models[name]
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verified_file(model: ModelCard) -> Path:

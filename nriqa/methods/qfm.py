@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nriqa.data.policy import CropPolicy
 from nriqa.engine.sampling import dist_info
 from nriqa.errors import ConfigError
 from nriqa.methods.base import Method, StepContext
@@ -457,8 +458,8 @@ class QFMMethod(Method):
         mine = order[rank * per_rank:(rank + 1) * per_rank].tolist()
         resize, _ = self._settings()
         d = self.data_cfg
-        dataset = IQADataset(table, train=False, crop_size=d.crop_size, patch_num=1, resize=resize,
-                             small_image=d.small_image, test_crops=d.test_crops, seed=self.seed)
+        policy = CropPolicy(d.crop_size, 1, d.test_crops, resize, d.small_image)
+        dataset = IQADataset(table, train=False, policy=policy, seed=self.seed)
         model, device = module.model, module.device
         was_training = model.training
         model.eval()  # no BatchNorm statistics updates, no dropout
@@ -496,9 +497,8 @@ class QFMMethod(Method):
         positions = list(range(rank, len(paths), world))
         resize, _ = self._settings()
         d = self.data_cfg
-        dataset = ImageListDataset([paths[i] for i in positions], crop_size=d.crop_size,
-                                   patch_num=1, resize=resize, small_image=d.small_image,
-                                   test_crops="grid")
+        policy = CropPolicy(d.crop_size, 1, "grid", resize, d.small_image)
+        dataset = ImageListDataset([paths[i] for i in positions], policy)
         device = module.device
         out = {k: [] for k in ("c", "tokens", "labels", "groups", "index")}
         bad = 0

@@ -32,6 +32,7 @@ from sklearn.metrics import silhouette_score
 
 from nriqa.config import ModelConfig
 from nriqa.data.dataset import IQADataset
+from nriqa.data.policy import CropPolicy
 from nriqa.errors import WeightsError
 from nriqa.inference.model_files import load_model, read_checkpoint
 from nriqa.methods.lml import Projector, box_saliency, saliency_maps
@@ -156,9 +157,8 @@ def plot_saliency(model: DEIQT, image_paths, out_png: str | Path, k: int = 4, se
     size = int(input_size or input_size_of(model))
     device = _device_of(model)
     table = pd.DataFrame({"path": paths, "label": 0.0, "group": paths})
-    data = IQADataset(table, train=True, crop_size=size, crops_per_item=k, patch_num=1,
-                      resize=resize, small_image=small_image, seed=seed, return_full=True,
-                      full_size=full_size)
+    data = IQADataset(table, train=True, policy=CropPolicy(size, 1, "grid", resize, small_image),
+                      crops_per_item=k, seed=seed, return_full=True, full_size=full_size)
     fig, axes = subplots(len(paths), 2, figsize=(8.4, 3.9 * len(paths)), dpi=110,
                          squeeze=False)
     for row, path in enumerate(paths):
@@ -221,9 +221,9 @@ def crop_embeddings(model: DEIQT, table: pd.DataFrame, projector: Projector | No
     model = model.eval()
     size = int(input_size or input_size_of(model))
     device = _device_of(model)
-    data = IQADataset(table.reset_index(drop=True), train=True, crop_size=size,
-                      crops_per_item=crops_per_image, patch_num=1, resize=resize,
-                      small_image=small_image, seed=seed)
+    data = IQADataset(table.reset_index(drop=True), train=True,
+                      policy=CropPolicy(size, 1, "grid", resize, small_image),
+                      crops_per_item=crops_per_image, seed=seed)
     out, image, label = [], [], []
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]

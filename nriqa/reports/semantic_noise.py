@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
 from nriqa.data.dataset import IQADataset
+from nriqa.data.policy import CropPolicy
 from nriqa.inference.device import resolve_device
 from nriqa.reports.plotting import save_figure, subplots
 
@@ -150,9 +151,9 @@ def extract_features(model_or_backbone, table: pd.DataFrame, settings: dict | No
         patch_num, policy = 1, "grid"  # a one-crop grid is the centre crop
     else:
         patch_num, policy = int(s.get("test_patch_num") or 1), s.get("test_crops") or "grid"
-    dataset = IQADataset(table.reset_index(drop=True), train=False, crop_size=crop_size,
-                         patch_num=patch_num, resize=s.get("resize") or "none",
-                         small_image=s.get("small_image") or "upscale", test_crops=policy)
+    crop_policy = CropPolicy(crop_size, patch_num, policy, s.get("resize") or "none",
+                             s.get("small_image") or "upscale")
+    dataset = IQADataset(table.reset_index(drop=True), train=False, policy=crop_policy)
     dev = resolve_device(device)
     model = model_or_backbone.to(dev).eval()
     fn = _feature_fn(model)
