@@ -25,7 +25,7 @@ from nriqa.errors import ConfigError
 
 BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_before_issue8.json").read_text())
 METHOD_RECIPES = ("deiqt", "qfm", "lml", "qfm_lml")
-KEPT = ("cpu_demo", "cpu_biq2021", "qfm_cpu", "lml_cpu", "zoo_biq2021_lite0")
+KEPT = ("demo", "cpu_demo", "cpu_biq2021", "qfm_cpu", "lml_cpu", "zoo_biq2021_lite0")
 
 
 def resolved(cfg: RunConfig) -> dict:
