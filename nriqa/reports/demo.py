@@ -3,10 +3,12 @@
 1. Build (or find cached) the embedded dataset: KADID-10k's distortions of the photos bundled with
    scikit-image, scikit-learn and matplotlib, labelled with KADID's human scores.
 2. Split it by reference photo (train / validation / test never share a photo).
-3. The frozen-feature probe: ridge regression on the ImageNet backbone's pooled features, its
-   penalty chosen on the validation part; the baseline that training has to beat.
-4. Train DEIQT from the offline EfficientNet-Lite0 ImageNet weights, the epoch selected on the
-   validation part, and test it on the held-out photos.
+3. The frozen-feature probe: ridge regression on the ImageNet backbone's features (the same
+   per-stage statistics the model reads), its penalty chosen on the validation part; the baseline
+   that training has to beat.
+4. Train DEIQT's decoder on the frozen EfficientNet-Lite0 (offline ImageNet weights; its features
+   computed once and cached, ``trainer.feature_cache``), the epoch selected on the validation
+   part, and test the exported model on the held-out photos.
 5. Write the report (metrics, pictures) and the exported model; print where everything is.
 
 The test part is only ever used for the numbers reported, never for a choice.
@@ -27,19 +29,24 @@ from nriqa.config import RunConfig, load_config
 
 #: Rough costs on 2 otherwise idle CPU cores (benchmarks/results/speed_cpu.md): seconds per
 #: training crop (the last two stages trained) and per scored crop of tf_efficientnet_lite0 at
-#: 224 px, and images per second for the dataset build. Only used for the time the plan announces.
+#: 224 px (scaled with the crop's area), seconds per decoder step on cached features, and images
+#: per second for the dataset build. Only used for the time the plan announces.
 SECONDS_PER_TRAIN_CROP = 0.035
 SECONDS_PER_EVAL_CROP = 0.033
+SECONDS_PER_HEAD_STEP = 0.1
 BUILD_IMAGES_PER_S = 15.0
 
-QUICK = ["optim.epochs=1", "data.patch_num=1", "data.test_patch_num=1", "trainer.limit_train_batches=24"]
+#: ``--quick``: 224 px crops (about a third of the backbone's work) and 12 epochs; lower scores.
+QUICK = ["data.crop_size=224", "model.token_pool=1", "optim.epochs=12"]
 # Test-only: a tiny transformer on 48 px images of five photos, four distortions (seconds).
 TINY = ["model.backbone=vit_tiny_patch16_224", "model.weights=none", "model.img_size=32",
         "model.width=64", "model.heads=2", "model.queries=3",
         "model.backbone_kwargs={depth: 2, embed_dim: 64, num_heads: 2}", "model.freeze=[]",
         "model.freeze_bn=false", "data.crop_size=32", "data.batch_size=8",
         "data.eval_batch_size=8", "data.num_workers=0", "optim.epochs=2",
-        "optim.warmup_epochs=0.5", "trainer.limit_train_batches=null"]
+        "optim.warmup_epochs=0.5", "trainer.limit_train_batches=null",
+        "trainer.feature_cache=false", "model.readout=default", "model.token_pool=1",
+        "data.test_patch_num=2"]
 TINY_DATA = {"size": 48, "references": ["astronaut", "coffee", "chelsea", "china", "flower"],
              "distortions": ["gaussian_blur", "white_noise", "jpeg", "darken"]}
 
@@ -77,10 +84,12 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     start = time.perf_counter()
     load_start = _load()
     out = Path(output_dir)
-    extra = [f"trainer.output_dir={out}", "trainer.progress_bar=false"]
+    # The frozen backbone's features are cached beside the dataset, so a second demo skips them.
+    extra = [f"trainer.output_dir={out}", "trainer.progress_bar=false",
+             f"trainer.feature_cache_dir={synthetic.cache_root() / 'features'}"]
     extra += QUICK if quick else []
     extra += TINY if tiny else []
-    cfg = load_config("cpu_demo", extra + list(overrides or []))
+    cfg = load_config("demo", extra + list(overrides or []))
     data_opts = TINY_DATA if tiny else {}
     root = synthetic.embedded_dir(**data_opts)
     cached = synthetic.is_built(root, **data_opts)
@@ -116,11 +125,12 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     weights = "random init" if cfg.model.weights == "none" else f"{cfg.model.weights} ImageNet weights"
     _say(f"  model   DEIQT, backbone {cfg.model.backbone} ({weights}), "
          f"{_trainable(cfg)}")
+    crops = "cached" if cfg.trainer.feature_cache else "random"
     _say(f"  method  {plan['epochs']} epoch(s) x {plan['steps_per_epoch']} steps of "
-         f"{cfg.data.batch_size} random {cfg.data.crop_size} px crops, lr {cfg.optim.lr:g} "
+         f"{cfg.data.batch_size} {crops} {cfg.data.crop_size} px crops, lr {cfg.optim.lr:g} "
          f"({cfg.optim.schedule}); epoch chosen on validation PLCC; test on "
          f"{settings.test_patch_num} crop(s) per image")
-    _say("  probe   ridge regression on the frozen backbone's features (the baseline)")
+    _say("  probe   ridge regression on the frozen backbone's features (the baseline: no decoder)")
     _say(f"  time    about {_duration(plan['seconds'])} for probe, training and test on 2 idle CPU "
          f"cores (torch threads: {_threads()}; load average now {_load()[0]:.1f}: a busy machine "
          "is slower)")
@@ -129,7 +139,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     from nriqa.protocol.probe import frozen_probe
 
     t = time.perf_counter()
-    probe = frozen_probe(cfg, parts, settings)
+    probe = frozen_probe(cfg, parts, settings, progress=True)
     probe_s = time.perf_counter() - t
     _say(f"probe: held-out SRCC {probe['test']['srcc']:.3f}, PLCC {probe['test']['plcc']:.3f} "
          f"(ridge alpha {probe['alpha']:g} chosen on validation; {probe_s:.0f} s)")
@@ -174,18 +184,24 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
 
 
 def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
-    per_epoch = math.ceil(len(parts["train"]) * settings.patch_num / cfg.data.batch_size)
+    """Epochs, steps per epoch and the rough time the plan announces."""
+    n_train, n_select, n_test = (len(parts[k]) for k in ("train", "select", "test"))
+    eval_cost = SECONDS_PER_EVAL_CROP * (cfg.data.crop_size / 224) ** 2 * settings.test_patch_num
+    epochs = cfg.optim.epochs
+    if cfg.trainer.feature_cache:  # one backbone pass per image (probe and cache), the test again
+        per_epoch = max(1, n_train // cfg.data.batch_size)
+        seconds = ((n_train + n_select + 2 * n_test) * eval_cost
+                   + epochs * per_epoch * SECONDS_PER_HEAD_STEP)
+        return {"epochs": epochs, "steps_per_epoch": per_epoch, "seconds": seconds + 15}
+    per_epoch = math.ceil(n_train * settings.patch_num / cfg.data.batch_size)
     limit = cfg.trainer.limit_train_batches
     if isinstance(limit, int) and limit > 0:
         per_epoch = min(per_epoch, limit)
     elif isinstance(limit, float):
         per_epoch = max(1, int(per_epoch * limit))
-    epochs = cfg.optim.epochs
     train_crops = epochs * per_epoch * cfg.data.batch_size
-    n_eval = len(parts["select"]) * epochs + 2 * len(parts["test"])
-    probe = sum(len(p) for k, p in parts.items() if k != "select") + len(parts["select"])
-    eval_crops = (n_eval + probe) * settings.test_patch_num
-    seconds = train_crops * SECONDS_PER_TRAIN_CROP + eval_crops * SECONDS_PER_EVAL_CROP
+    n_eval = n_select * epochs + 2 * n_test + n_train + n_select + n_test  # + the probe
+    seconds = train_crops * SECONDS_PER_TRAIN_CROP + n_eval * eval_cost
     return {"epochs": epochs, "steps_per_epoch": per_epoch, "seconds": seconds + 15}
 
 
@@ -193,6 +209,9 @@ def _trainable(cfg: RunConfig) -> str:
     frozen = cfg.model.freeze
     if not frozen:
         return "all layers trained"
+    if "*" in frozen:
+        cached = ", its features computed once and cached" if cfg.trainer.feature_cache else ""
+        return f"backbone frozen (ImageNet features{cached}), the decoder trained"
     blocks = [f for f in frozen if f.startswith("blocks.")]
     stem = "stem and " if "conv_stem" in frozen else ""
     last = f"blocks up to {blocks[-1]}" if blocks else ""
