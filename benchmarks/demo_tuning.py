@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
             import pandas as pd
 
             frame = pd.read_csv(logs)
-            val = frame.dropna(subset=["val/srcc"])[["epoch", "val/srcc", "val/plcc"]]
+            val = frame.dropna(subset=["select/srcc"])[["epoch", "select/srcc", "select/plcc"]]
             row["val_per_epoch"] = val.round(4).values.tolist()
             row["selected_epoch"] = result.results["selected_epoch"]
             row["val_selected_plcc"] = round(result.results["select_plcc"], 4)

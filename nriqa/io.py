@@ -9,6 +9,7 @@ survives a power cut. The temporary file is removed on any exception, on Ctrl-C 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -117,3 +118,9 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def fingerprint(facts) -> str:
+    """A short stable key of JSON-able ``facts`` (16 hex digits of their sorted-key SHA-256): the
+    same facts give the same key in every process and release."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]

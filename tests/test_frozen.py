@@ -42,7 +42,7 @@ def test_trains_selects_and_tests_the_exported_network(tmp_path, table, readout)
     result = fit(cfg, table, split, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["selection"] == "best val PLCC" and len(res["history"]) == 3
-    assert res["selected_epoch"] == max(res["history"], key=lambda h: h["val_plcc"])["epoch"]
+    assert res["selected_epoch"] == max(res["history"], key=lambda h: h["select_plcc"])["epoch"]
     # the backbone left untouched, the decoder trained
     model, meta = load_model(result.model_path)
     torch.manual_seed(cfg.trainer.seed)
