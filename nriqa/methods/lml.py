@@ -217,7 +217,7 @@ def spectral_residual(images, size: int = SPECTRAL_SIZE, avg: int = 3, sigma: fl
     ``size // 4``) before the FFT and the map cropped back, because the FFT's periodic wrap
     otherwise makes the image borders the most "salient" places (``pad=0``: the original).
     """
-    from scipy import ndimage
+    from scipy import ndimage  # noqa: PLC0415 - scipy only for spectral saliency (start-up time)
 
     x = images if torch.is_tensor(images) else torch.from_numpy(np.array(images))
     x = x.detach().cpu()
@@ -295,7 +295,12 @@ class Projector(nn.Module):
 
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``xi <- m * xi + (1 - m) * theta`` for every parameter; buffers are copied."""
+    """``xi <- m * xi + (1 - m) * theta`` for every parameter; buffers are copied.
+
+    Not timm's ``ModelEmaV3``: it interpolates (``lerp``), which differs from this in float32's
+    last bits from the first update on (``benchmarks/ema_vs_timm.py``), so trained LML-IQA
+    models would not reproduce; and it keeps the copy under ``.module``, which renames the
+    teacher's checkpoint keys that resumed runs load."""
     t_named, s_named = list(teacher.named_parameters()), list(student.named_parameters())
     if [n for n, _ in t_named] != [n for n, _ in s_named]:
         raise ValueError("teacher and student have different parameters")
