@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 from helpers import tiny_config, tiny_images
 
 from nriqa.config import Float, Section, load_config
@@ -203,3 +204,26 @@ def test_the_engine_keeps_what_a_method_syncs_itself_out_of_ddp_broadcasts(tmp_p
     memory_buffers = {f"methods.0.memory.{n}" for n, _ in module.methods[0].memory.named_buffers()}
     assert memory_buffers and memory_buffers <= wrapped.parameters_to_ignore
     assert not any(".model." in n or n.startswith("model.") for n in wrapped.parameters_to_ignore)
+
+
+def test_ablation_runs_a_plugin_methods_variants_over_an_old_style_recipe(tmp_path, toy):
+    imgs = tiny_images(tmp_path / "imgs")
+    imgs[["path", "score", "group"]].to_csv(tmp_path / "labels.csv", index=False)
+    raw = tiny_config(tmp_path, f"data.root={tmp_path}", f"data.label_file={tmp_path / 'labels.csv'}",
+                      "data.options={path_column: path, score_column: score, group_column: group, "
+                      "low: 0, high: 1}", "protocol.n_splits=1", "optim.epochs=1",
+                      "trainer.limit_train_batches=1").model_dump(mode="json")
+    del raw["method"]["names"]
+    raw["method"]["name"] = "toy"  # the old spelling; the variants say method.names
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    table = ablation.run_ablation(str(recipe), "toy", ["method.options.toy.weight=0.3"],
+                                  tmp_path / "abl")
+    assert table["variant"].tolist() == ["deiqt", "toy"]
+    assert (tmp_path / "abl" / "ablation.md").is_file()
+    for variant, names in (("deiqt", []), ("toy", ["toy"])):
+        saved = load_config(tmp_path / "abl" / variant / "config.yaml")
+        assert saved.method.names == names and saved.method.options["toy"] == {"weight": 0.3}
+        # what every variant shares: QFM-IQM's teacher folder, from the registry
+        assert saved.method.qfm.teacher_dir == str(tmp_path / "abl" / "teachers")
+    assert [m.weight for m in CALLS["built"]] == [0.3]  # only the toy variant built the toy
