@@ -26,6 +26,7 @@ from nriqa.methods import (
     build_methods,
     check_methods,
     method_config,
+    prepare_methods,
     register_method,
     registered_methods,
     unregister_method,
@@ -227,3 +228,23 @@ def test_ablation_runs_a_plugin_methods_variants_over_an_old_style_recipe(tmp_pa
         # what every variant shares: QFM-IQM's teacher folder, from the registry
         assert saved.method.qfm.teacher_dir == str(tmp_path / "abl" / "teachers")
     assert [m.weight for m in CALLS["built"]] == [0.3]  # only the toy variant built the toy
+
+
+def test_a_method_without_settings_and_prepare_clashes(tmp_path, toy):
+    class Bare(Method):
+        @classmethod
+        def prepare(cls, cfg, parts, out_dir, settings, fit_fn):
+            return {"toy_fact": 0}
+
+    register_method("bare")(Bare)
+    try:
+        cfg = load_config(None, ["method.names=[bare]"])
+        assert method_config(cfg, "bare") is None and build_methods(cfg, None)[0].name == "bare"
+        with pytest.raises(ConfigError, match="method.options.bare: the bare method takes no settings"):
+            check_methods(load_config(None, ["method.names=[bare]", "method.options.bare.x=1"]))
+        both = load_config(None, ["method.names=[toy, bare]"])
+        with pytest.raises(ConfigError, match=r"bare prepares \['toy_fact'\], already prepared"):
+            prepare_methods(both, {"train": None}, tmp_path, None, fit)
+    finally:
+        unregister_method("bare")
+    assert "bare" not in registered_methods()

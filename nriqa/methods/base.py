@@ -84,6 +84,9 @@ class Method(nn.Module):
     #: whether items must carry the whole image (``full``), e.g. for saliency.
     needs_full_image = False
 
+    def __init__(self, cfg=None, model: DEIQT | None = None, context: dict | None = None):
+        super().__init__()
+
     @classmethod
     def prepare(cls, cfg, parts: dict, out_dir: Path, settings, fit_fn: Callable) -> dict:
         """Before the student is built (and seeded): what the method needs from outside, as
