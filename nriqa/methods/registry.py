@@ -5,7 +5,22 @@ config names (``method.names``, composed in order), :func:`prepare_methods` lets
 it needs before the student exists (QFM-IQM fits its teacher), and ``nriqa ablate`` takes each
 method's variants from here. A method registered from outside the package (a plugin, a test)
 works the same way; its settings live under ``method.options.<name>``, checked against the config
-class it registered.
+class it registered. A new method, in full::
+
+    class ToyConfig(Section):                     # nriqa.config.Section: unknown keys are errors
+        weight: Float = 0.1
+
+    @register_method("toy", config=ToyConfig, ablations=[("toy", ["method.names=[toy]"])])
+    class Toy(Method):
+        def __init__(self, cfg, model, context):
+            super().__init__()
+            self.weight = method_config(cfg, "toy").weight   # method.options.toy.weight
+        def extra_loss(self, ctx):
+            loss = ctx.add_term("toy", ctx.out.score.float().mean() ** 2, self.weight)
+            return loss, {}
+
+and ``nriqa train method.names=[toy] method.options.toy.weight=0.5`` trains it (the module must
+be imported first; tests/test_method_registry.py does exactly this).
 """
 
 from __future__ import annotations
