@@ -60,11 +60,11 @@ def main(argv: list[str]) -> int:
             result = fit_parts(cfg, parts, tmp)
             row["train_s"] = round(time.perf_counter() - t, 1)
             if "history" in result.results:  # trainer.feature_cache: no Lightning logs
-                row["val_per_epoch"] = [[h["epoch"], round(h["val_srcc"], 4), round(h["val_plcc"], 4)]
+                row["val_per_epoch"] = [[h["epoch"], round(h["select_srcc"], 4), round(h["select_plcc"], 4)]
                                         for h in result.results["history"]]
             else:
                 frame = pd.read_csv(Path(tmp) / "logs" / "metrics.csv")
-                val = frame.dropna(subset=["val/srcc"])[["epoch", "val/srcc", "val/plcc"]]
+                val = frame.dropna(subset=["select/srcc"])[["epoch", "select/srcc", "select/plcc"]]
                 row["val_per_epoch"] = val.round(4).values.tolist()
             row["selected_epoch"] = result.results["selected_epoch"]
             row["val_selected_plcc"] = round(result.results["select_plcc"], 4)

@@ -111,8 +111,9 @@ def main() -> None:
         "metrics": {"protocol": "BIQ2021 official test (2,000 photos), scored once",
                     "selection": results["selection"], "selected_epoch": results["selected_epoch"],
                     "val": {"plcc": results["select_plcc"], **{
-                        k: v for k, v in next(h for h in results["history"] if h["selected"]).items()
-                        if k.startswith("val_")}},
+                        k.replace("select_", "val_"): v
+                        for k, v in next(h for h in results["history"] if h["selected"]).items()
+                        if k.startswith("select_")}},
                     "test": results["test"]},
         "dtype": storage,
         "check": {"image": CHECK_IMAGE, "source": "skimage.data", "score": score,

@@ -191,10 +191,78 @@ class DiagnosticsConfig(Section):
     grad_every: Int = Field(0, ge=0, description="every N optimiser steps, log each loss term's gradient norm on the decoder, backbone and method parameters and their cosines (one extra backward pass per term), and every step the total gradient norm and whether the clip acted; 0: off")
 
 
+def _method_names(value):
+    """``qfm+lml`` / ``deiqt`` (the old ``method.name`` spelling) or a list -> a list of names."""
+    if isinstance(value, str):
+        value = [] if value.strip() in ("", "deiqt") else value.split("+")
+    if isinstance(value, list | tuple):
+        return [v.strip() if isinstance(v, str) else v for v in value]
+    return value
+
+
 class MethodConfig(Section):
-    name: Literal["deiqt", "qfm", "lml", "qfm+lml"] = "deiqt"
+    """The methods added to DEIQT's training (``nriqa.methods``), and their settings.
+
+    ``names`` are composed in their order (``[]``: plain DEIQT); which names exist is known only
+    to the method registry, which checks them before a run writes anything. The old spelling
+    ``name: deiqt | qfm | lml | qfm+lml`` is still read. A method's settings live in its own
+    section (``qfm``, ``lml``), or for a method without one (e.g. registered by a plugin) under
+    ``options.<name>``, checked against the config class the method registered."""
+
+    names: list[str] = Field(default_factory=list, description="methods added to DEIQT's training, composed in this order, e.g. [qfm, lml]; []: plain DEIQT (old spelling: name=deiqt|qfm|lml|qfm+lml)")
     qfm: QFMConfig = Field(default_factory=QFMConfig)
     lml: LMLConfig = Field(default_factory=LMLConfig)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="settings of methods that have no section of their own: options.<method>.<key>, checked against the method's registered config")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data):
+        if not isinstance(data, dict) or "name" not in data:
+            return data
+        data = dict(data)
+        old = _method_names(data.pop("name"))
+        if "names" in data and _method_names(data["names"]) != old:
+            raise ValueError(f"method.name gives {old} and method.names {data['names']}: set "
+                             "method.names only")
+        data["names"] = old
+        return data
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names(cls, value):
+        return _method_names(value)
+
+    @field_validator("names")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if "deiqt" in names:
+            raise ValueError("deiqt is the baseline every method adds to: method.names=[] trains it")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{names}: a method is named twice")
+        return names
+
+    @property
+    def name(self) -> str:
+        """The run's method as results and reports print it: ``deiqt``, ``qfm``, ``qfm+lml``."""
+        return "+".join(self.names) or "deiqt"
+
+    def section(self, name: str, config: type[BaseModel] | None) -> BaseModel | None:
+        """Method ``name``'s settings: its own section (``qfm``, ``lml``), else
+        ``options.<name>`` validated by ``config`` (None: the method takes no settings)."""
+        if name in type(self).model_fields and name not in ("names", "options"):
+            if name in self.options:
+                raise ConfigError(f"method.options.{name}: {name} has its own section, method.{name}")
+            return getattr(self, name)
+        raw = self.options.get(name, {})
+        if config is None:
+            if raw:
+                raise ConfigError(f"method.options.{name}: the {name} method takes no settings")
+            return None
+        try:
+            return config.model_validate(raw)
+        except ValidationError as err:
+            text = _error_text(err, config).replace("unknown key '", f"unknown key 'method.options.{name}.")
+            raise ConfigError(f"method.options.{name}: {text}") from None
 
 
 class TrainerConfig(Section):

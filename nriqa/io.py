@@ -127,3 +127,9 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fingerprint(facts) -> str:
+    """A short stable key of JSON-able ``facts`` (16 hex digits of their sorted-key SHA-256): the
+    same facts give the same key in every process and release."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]

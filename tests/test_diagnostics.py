@@ -103,7 +103,7 @@ def test_compute_summary_adds_the_teachers_training():
 def test_analyze_run_prints_the_tables(diagnosed_run, capsys):
     assert main(["analyze", "run", str(diagnosed_run.out_dir)]) == 0
     out = capsys.readouterr().out
-    assert "| lml_pos_sim |" in out and "| lml_inter_sim |" in out and "| val/srcc |" in out
+    assert "| lml_pos_sim |" in out and "| lml_inter_sim |" in out and "| select/srcc |" in out
     assert "| 0 | decoder | contrastive |" in out and "| 1 | backbone | regression |" in out
     assert "| 0 | backbone | regression | " in out and "| 1 | 1 | 1 | 2 |" in out  # ratio, cos, weight, steps
     assert "clip_rate" in out and "| 0 | 1 |" in out
@@ -152,8 +152,8 @@ def test_kd_only_control_has_no_noise_term_and_no_memory(tmp_path, tiny_table):
     want = 0.7 * F.smooth_l1_loss(ctx.out.score, t_score, beta=0.5)
     assert torch.allclose(loss, want)
     assert set(ctx.terms) == {"kd"} and "qfm_noise" not in logs and "qfm_memory" not in logs
-    method.on_fit_start(module)  # no warm fill without a memory
-    assert ("qfm-kd-only", ["method.name=qfm", "method.qfm.matching=none"]) in ABLATIONS
+    method.on_fit_start(module.engine_hooks())  # no warm fill without a memory
+    assert ("qfm-kd-only", ["method.names=[qfm]", "method.qfm.matching=none"]) in ABLATIONS
 
 
 def test_qfm_counts_the_teachers_forward_pass(tmp_path, tiny_table):

@@ -50,6 +50,10 @@ def test_paper_protocol_selects_on_test_and_says_so(tmp_path, table):
     split = make_split(table, mode="paper", seed=0)
     res = fit(cfg, table, split, tmp_path / "run").results
     assert "optimistic" in res["selection"] and res["sizes"]["select"] == res["sizes"]["test"]
+    # the selection part (here the test part) is logged as select/*, never as a validation part
+    logged = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv").columns
+    assert {"select/plcc", "select/srcc", "test/plcc"} <= set(logged)
+    assert not [c for c in logged if c.startswith("val/")]
 
 
 def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(tmp_path, table):

@@ -42,7 +42,7 @@ def test_trains_selects_and_tests_the_exported_network(tmp_path, table, readout)
     result = fit(cfg, table, split, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["selection"] == "best val PLCC" and len(res["history"]) == 3
-    assert res["selected_epoch"] == max(res["history"], key=lambda h: h["val_plcc"])["epoch"]
+    assert res["selected_epoch"] == max(res["history"], key=lambda h: h["select_plcc"])["epoch"]
     # the backbone left untouched, the decoder trained
     model, meta = load_model(result.model_path)
     torch.manual_seed(cfg.trainer.seed)
@@ -93,3 +93,29 @@ def test_deterministic_and_cache_resumes_to_the_same_features(tmp_path, table, m
     two = fit(cfg, table, split, tmp_path / "two").model_path
     assert all(torch.equal(load_model(one)[0].state_dict()[k], v)
                for k, v in load_model(two)[0].state_dict().items())
+
+
+@pytest.mark.parametrize("readout", [[], ["model.readout=stats"]], ids=["default", "stats"])
+def test_optimiser_decays_every_matrix_of_the_cached_head(tmp_path, readout):
+    """The shared AdamW groups, without DEIQT's name exemptions, are the frozen loop's own rule:
+    decay on every tensor of two or more dimensions (the panel queries included)."""
+    cfg = tiny_config(tmp_path, *FROZEN, *readout)
+    head = frozen.CachedHead(DEIQT.from_config(cfg.model))
+    params = [p for p in head.parameters() if p.requires_grad]
+    decay, no_decay = (g["params"] for g in frozen.adamw(head.named_parameters(), cfg.optim,
+                                                         no_decay_names=()).param_groups)
+    assert [id(p) for p in decay] == [id(p) for p in params if p.ndim >= 2]
+    assert [id(p) for p in no_decay] == [id(p) for p in params if p.ndim < 2]
+    assert any(n.endswith("queries") for n, p in head.named_parameters() if p.ndim >= 2)
+
+
+def test_checks_trainer_settings_and_resume_before_writing(tmp_path, table):
+    split = make_split(table, mode="honest", seed=0)
+    cfg = tiny_config(tmp_path, *FROZEN, "trainer.accelerator=tpu")
+    with pytest.raises(ConfigError, match="trainer.accelerator='tpu'"):
+        fit(cfg, table, split, tmp_path / "tpu")
+    assert not (tmp_path / "tpu").exists()
+    fit(tiny_config(tmp_path, *FROZEN, "optim.epochs=1"), table, split, tmp_path / "run")
+    changed = tiny_config(tmp_path, *FROZEN, "optim.epochs=1", "optim.lr=1e-2", "trainer.resume=true")
+    with pytest.raises(ConfigError, match=r"cannot resume with a different config: optim.lr"):
+        fit(changed, table, split, tmp_path / "run")

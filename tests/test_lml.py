@@ -55,7 +55,8 @@ def make_ctx(module: IQAModule, b: int = 2, k: int = 4, epoch: float = 10.0, ste
     out = module.model.head(c, tokens)
     return StepContext(batch=batch, images=flat, labels=batch["label"].repeat_interleave(k),
                        groups=batch["group"].repeat_interleave(k), crops_per_image=k, c=c,
-                       tokens=tokens, out=out, model=module.model, module=module, step=step,
+                       tokens=tokens, out=out, model=module.model, count=module.count_compute,
+                       step=step,
                        epoch_float=epoch)
 
 

@@ -20,6 +20,7 @@ from nriqa.methods.qfm import (
     SOURCE_PSEUDO,
     SOURCE_STUDENT,
     SOURCE_TEACHER,
+    Entries,
     FeatureMemory,
     default_capacity,
     match,
@@ -152,8 +153,8 @@ def test_memory_fifo_order_capacity_wraparound_fp16_detached_and_not_in_state_di
     def push(n, start):
         c = torch.arange(start, start + n, dtype=torch.float32)[:, None].repeat(1, 3).requires_grad_()
         tokens = c.detach()[:, None, :].repeat(1, 2, 1)
-        mem.push(c * 1.0, tokens, c.detach()[:, 0] / 100, torch.arange(start, start + n), SOURCE_TEACHER,
-                 torch.arange(start, start + n))
+        mem.push(Entries.of(c * 1.0, tokens, c.detach()[:, 0] / 100, torch.arange(start, start + n),
+                            SOURCE_TEACHER, torch.arange(start, start + n)))
         pushed.extend(range(start, start + n))
 
     push(3, 0)
@@ -161,23 +162,23 @@ def test_memory_fifo_order_capacity_wraparound_fp16_detached_and_not_in_state_di
     push(4, 10)  # wraps around
     assert len(mem) == 5
     o = mem.ordered()
-    assert o["index"].tolist() == pushed[-5:]
-    assert o["c"][:, 0].tolist() == [float(v) for v in pushed[-5:]]
+    assert o.index.tolist() == pushed[-5:]
+    assert o.c[:, 0].tolist() == [float(v) for v in pushed[-5:]]
     push(7, 20)  # more than the capacity at once: only the newest five survive
     o = mem.ordered()
-    assert o["index"].tolist() == pushed[-5:] == [22, 23, 24, 25, 26]
-    assert torch.equal(o["groups"], o["index"]) and (o["source"] == SOURCE_TEACHER).all()
-    assert torch.allclose(o["labels"], o["index"].float() / 100)
+    assert o.index.tolist() == pushed[-5:] == [22, 23, 24, 25, 26]
+    assert torch.equal(o.groups, o.index) and (o.source == SOURCE_TEACHER).all()
+    assert torch.allclose(o.labels, o.index.float() / 100)
     assert mem.c.dtype == mem.tokens.dtype == torch.float16
     assert not mem.c.requires_grad and not mem.tokens.requires_grad
     assert mem.tokens.shape == (5, 2, 3)
     assert mem.state_dict() == {}  # temporary: never in checkpoints
     assert {n for n, _ in mem.named_buffers()} >= {"c", "tokens", "labels", "groups"}
     full = FeatureMemory(4, half_precision=False)
-    full.push(torch.ones(1, 3), torch.ones(1, 2, 3), 0.5, 1)
+    full.push(Entries.of(torch.ones(1, 3), torch.ones(1, 2, 3), 0.5, 1))
     assert full.c.dtype == torch.float32 and full.index.tolist()[0] == -1
     with pytest.raises(ValueError, match="teacher must have"):
-        mem.push(torch.ones(1, 3), torch.ones(1, 4, 3), 0.5, 1)
+        mem.push(Entries.of(torch.ones(1, 3), torch.ones(1, 4, 3), 0.5, 1))
 
 
 def test_default_capacity():
@@ -229,15 +230,15 @@ def _ctx(module, labels, groups, epoch_float=10.0, seed=0):
     batch = {"image": images[:, None], "label": labels, "group": groups,
              "index": torch.arange(b)}
     return StepContext(batch=batch, images=images, labels=labels, groups=groups, crops_per_image=1,
-                       c=c, tokens=tokens, out=out, model=model, module=module, step=0,
+                       c=c, tokens=tokens, out=out, model=model, count=module.count_compute, step=0,
                        epoch_float=epoch_float)
 
 
 def _fill(method, labels, groups, seed=3):
     g = torch.Generator().manual_seed(seed)
     n = len(labels)
-    method.memory.push(torch.randn(n, 64, generator=g), torch.randn(n, 4, 64, generator=g),
-                       torch.tensor(labels), torch.tensor(groups), SOURCE_STUDENT)
+    method.memory.push(Entries.of(torch.randn(n, 64, generator=g), torch.randn(n, 4, 64, generator=g),
+                                  torch.tensor(labels), torch.tensor(groups), SOURCE_STUDENT))
 
 
 @pytest.mark.parametrize("perturb", ["tokens+global", "tokens"])
@@ -249,7 +250,7 @@ def test_perturbed_loss_is_smoothl1_of_the_decoder_on_p_plus_alpha_pn(tmp_path, 
     stored = method.memory.ordered()
     ctx = _ctx(module, [0.52, 0.88], [0, 1])  # one candidate each: entries 0 and 1
     loss, logs = method.extra_loss(ctx)
-    nc, nt = stored["c"][:2].float(), stored["tokens"][:2].float()  # the fp16 entries
+    nc, nt = stored.c[:2].float(), stored.tokens[:2].float()  # the fp16 entries
     c_in = ctx.c + 0.3 * nc if perturb == "tokens+global" else ctx.c
     expected = F.smooth_l1_loss(module.model.head(c_in, ctx.tokens + 0.3 * nt).score,
                                 ctx.labels, beta=0.5)
@@ -260,7 +261,7 @@ def test_perturbed_loss_is_smoothl1_of_the_decoder_on_p_plus_alpha_pn(tmp_path, 
     assert module.model.backbone.net.patch_embed.proj.weight.grad.abs().sum() > 0
     # matched before the push: this step's entries entered the memory afterwards
     assert len(method.memory) == 5 and logs["qfm_memory"] == pytest.approx(5 / method.capacity)
-    assert method.memory.ordered()["index"].tolist()[-2:] == [0, 1]
+    assert method.memory.ordered().index.tolist()[-2:] == [0, 1]
 
 
 def test_empty_memory_gives_no_noise_and_the_anchor_never_meets_itself(tmp_path, tiny_table):
@@ -290,7 +291,7 @@ def test_lambda_noise_zero_and_kd_switches_remove_their_terms(tmp_path, tiny_tab
     with torch.no_grad():
         t_score = method.teacher(ctx.images)
     assert torch.allclose(loss, 0.4 * F.smooth_l1_loss(ctx.out.score, t_score))
-    src = method.memory.ordered()["source"].tolist()
+    src = method.memory.ordered().source.tolist()
     assert src == [SOURCE_STUDENT] * 2 + [SOURCE_TEACHER] * 2
 
 
@@ -306,7 +307,7 @@ def test_delay_warm_start_switches_the_noise_on_after_the_warm_up(tmp_path, tiny
 
 def test_without_memory_matches_within_the_step_including_teacher_features(tmp_path, tiny_table,
                                                                           monkeypatch):
-    import nriqa.methods.qfm as qfm
+    import nriqa.methods.qfm.method as qfm
 
     seen = []
     real = qfm.match
@@ -350,18 +351,18 @@ def test_teacher_is_frozen_in_eval_mode_and_left_out_of_checkpoints(tmp_path, ti
 def test_warm_fill_pushes_one_crop_per_training_image_from_student_and_teacher(tmp_path, tiny_table):
     module = _module(tmp_path, tiny_table, "method.qfm.warm_fill_images=5")
     method = module.methods[0]
-    method.on_fit_start(module)  # no trainer attached: plain fp32 pass on the CPU
+    method.on_fit_start(module.engine_hooks())  # no trainer attached: plain fp32 pass on the CPU
     o = method.memory.ordered()
     assert len(method.memory) == 10
-    assert sorted(o["source"].tolist()) == [SOURCE_STUDENT] * 5 + [SOURCE_TEACHER] * 5
-    rows = o["index"].numpy()
-    assert np.allclose(o["labels"].numpy(), tiny_table["label"].to_numpy()[rows])
+    assert sorted(o.source.tolist()) == [SOURCE_STUDENT] * 5 + [SOURCE_TEACHER] * 5
+    rows = o.index.numpy()
+    assert np.allclose(o.labels.numpy(), tiny_table["label"].to_numpy()[rows])
     codes = np.searchsorted(np.unique(tiny_table["group"].astype(str)), tiny_table["group"].astype(str))
-    assert np.array_equal(o["groups"].numpy(), codes[rows])
+    assert np.array_equal(o.groups.numpy(), codes[rows])
     assert module.model.training  # the fill ran in eval mode and restored the mode
     # the default: up to the capacity (2 x 24 = 48 entries -> all 24 images, both networks)
     module = _module(tmp_path, tiny_table)
-    module.methods[0].on_fit_start(module)
+    module.methods[0].on_fit_start(module.engine_hooks())
     assert len(module.methods[0].memory) == 48
 
 
@@ -377,10 +378,10 @@ def test_pseudo_labelled_images_enter_the_memory_with_teacher_scores_and_own_gro
     module = _module(tmp_path, tiny_table, f"method.qfm.pseudo_label_dir={folder}",
                      "method.qfm.warm_start=none", "method.qfm.pseudo_per_step=2")
     method = module.methods[0]
-    method.on_fit_start(module)
+    method.on_fit_start(module.engine_hooks())
     o = method.memory.ordered()
-    assert o["source"].tolist() == [SOURCE_PSEUDO] * 3
-    assert o["groups"].tolist() == [-2, -3, -4]  # own groups (file positions 1..3), never >= 0
+    assert o.source.tolist() == [SOURCE_PSEUDO] * 3
+    assert o.groups.tolist() == [-2, -3, -4]  # own groups (file positions 1..3), never >= 0
     from nriqa.data.dataset import ImageListDataset
     from nriqa.data.policy import CropPolicy
 
@@ -388,9 +389,9 @@ def test_pseudo_labelled_images_enter_the_memory_with_teacher_scores_and_own_gro
                          for i in range(3)])
     with torch.no_grad():
         expected = method.teacher(crops)
-    assert torch.allclose(o["labels"], expected, atol=1e-6)
+    assert torch.allclose(o.labels, expected, atol=1e-6)
     method.extra_loss(_ctx(module, [0.5, 0.9], [0, 1]))
-    assert method.memory.ordered()["source"].tolist()[3:] == [0, 0, 1, 1, 2, 2]  # 2 more, cycled
+    assert method.memory.ordered().source.tolist()[3:] == [0, 0, 1, 1, 2, 2]  # 2 more, cycled
 
 
 def test_ablations_are_valid_overrides_and_recipes_load():
@@ -421,7 +422,7 @@ def test_ablations_are_valid_overrides_and_recipes_load():
 @pytest.fixture(scope="module")
 def qfm_run(tmp_path_factory, tiny_table):
     import nriqa.engine.train as train_mod
-    import nriqa.methods.qfm as qfm
+    import nriqa.methods.qfm.method as qfm
     from nriqa.data.splits import make_split
     from nriqa.engine.data import resolve_data_settings, subset
     from nriqa.engine.module import IQAModule
@@ -451,10 +452,10 @@ def qfm_run(tmp_path_factory, tiny_table):
 
     real_push, real_extra = qfm.FeatureMemory.push, qfm.QFMMethod.extra_loss
 
-    def push(self, c, tokens, labels, groups, source=0, index=None):
-        rec.pushes.append((torch.as_tensor(index).clone(), torch.as_tensor(source).clone(),
-                           torch.as_tensor(groups).clone(), rec.in_step[0]))
-        return real_push(self, c, tokens, labels, groups, source, index)
+    def push(self, entries):
+        rec.pushes.append((entries.index.clone(), entries.source.clone(), entries.groups.clone(),
+                           rec.in_step[0]))
+        return real_push(self, entries)
 
     def extra_loss(self, ctx):
         rec.in_step[0] = True
@@ -523,7 +524,7 @@ def test_memory_never_holds_validation_or_test_images(qfm_run):
     assert paths <= allowed and not paths & held_out
     assert set(torch.cat([p[1] for p in pushes]).tolist()) == {SOURCE_STUDENT, SOURCE_TEACHER}
     memory = qfm_run.module.methods[0].memory
-    assert set(train_paths[memory.ordered()["index"].numpy()]) <= allowed
+    assert set(train_paths[memory.ordered().index.numpy()]) <= allowed
 
 
 def test_teacher_weights_do_not_change_get_no_gradient_and_are_not_optimised(qfm_run):
@@ -566,8 +567,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             c = torch.randn(n, 5, generator=g)
             tokens = torch.randn(n, 3, 5, generator=g)
             index = 1000 * rank + 10 * step + torch.arange(n)
-            mem.push(c, tokens, torch.rand(n, generator=g), 100 * rank + torch.arange(n), rank, index)
-        torch.save(mem.ordered(), Path(out) / f"rank{rank}.pt")
+            mem.push(Entries.of(c, tokens, torch.rand(n, generator=g), 100 * rank + torch.arange(n),
+                                rank, index))
+        torch.save(mem.ordered()._asdict(), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

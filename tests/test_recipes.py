@@ -115,6 +115,6 @@ def test_recipes_restate_no_default(name):
         if isinstance(values, dict):
             for key, value in values.items():
                 if not isinstance(value, dict):
-                    assert base[section][key] != value, f"{name}: {section}.{key} restates {value!r}"
+                    assert base[section].get(key) != value, f"{name}: {section}.{key} restates {value!r}"
     if name in METHOD_RECIPES:  # crops and resize: the dataset table's
         assert "patch_num" not in raw.get("data", {}) and "resize" not in raw.get("data", {})

@@ -15,12 +15,11 @@ backbone, its weights, the crop policy and the image list, filled in chunks and 
 run continues from the last finished chunk, and the decoder training that follows (minutes) is
 deterministic, so a rerun ends with the same model. Features are stored in float16 (half the disk
 and memory); the exported model scores in float32 through the full network, and the reported test
-metrics are computed that way, by :func:`nriqa.engine.train.predict_metrics`.
+metrics are computed that way, by :func:`nriqa.engine.results.predict_metrics`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,13 +30,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from nriqa.config import RunConfig, save_config
+from nriqa.engine.checks import check_resumable, check_trainer_settings
 from nriqa.engine.data import DataSettings, eval_dataset, resolve_data_settings
-from nriqa.engine.schedule import lr_at
+from nriqa.engine.results import FitResult, predict_metrics, run_results, write_predictions
+from nriqa.engine.schedule import adamw, lr_at
 from nriqa.errors import ConfigError
 from nriqa.inference.model_files import inference_meta, save_model
-from nriqa.io import atomic_write, atomic_write_json
+from nriqa.io import atomic_write, atomic_write_json, fingerprint
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
 
@@ -54,8 +57,8 @@ def check_frozen(cfg: RunConfig) -> None:
         problems.append("model.freeze=['*'] (the whole backbone frozen)")
     if not cfg.model.freeze_bn:
         problems.append("model.freeze_bn=true")
-    if cfg.method.name != "deiqt":
-        problems.append("method.name=deiqt (methods change the features during training)")
+    if cfg.method.names:
+        problems.append("method.names=[] (methods change the features during training)")
     if problems:
         raise ConfigError("trainer.feature_cache=true needs " + ", ".join(problems))
 
@@ -77,7 +80,7 @@ class FeatureCache:
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
                           settings.resize, cfg.data.small_image],
                  "paths": [str(p) for p in table["path"]]}
-        key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+        key = fingerprint(facts)
         return cls(Path(folder) / key, key, len(table))
 
     def _state(self) -> dict:
@@ -85,8 +88,6 @@ class FeatureCache:
 
     def fill(self, model: DEIQT, dataset, batch_size: int, num_workers: int, progress: bool) -> None:
         """Compute what is missing, a chunk at a time (each chunk's files renamed into place)."""
-        from torch.utils.data import DataLoader, Subset
-
         self.folder.mkdir(parents=True, exist_ok=True)
         done = self._state()["done"]
         if done >= self.n_items:
@@ -131,8 +132,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=done, desc=desc, unit="img", disable=not enabled)
 
 
@@ -169,10 +168,9 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
     torch.manual_seed(cfg.trainer.seed)
     o = cfg.optim
     params = [p for p in head.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
+    # Decay on every matrix, the panel queries included (no DEIQT name exemptions): how the
+    # shipped model was trained.
+    opt = adamw(head.named_parameters(), o, no_decay_names=())
     loss_fn = nn.SmoothL1Loss(beta=o.loss_beta)
     bs = cfg.data.batch_size
     steps_per_epoch = max(1, math.floor(len(y_tr) / bs))
@@ -197,13 +195,13 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
             step += 1
         metrics = evaluate(_scores(head, g_sel, t_sel), y_sel.numpy())
         history.append({"epoch": epoch, "train_loss": total / steps_per_epoch,
-                        "val_srcc": metrics["srcc"], "val_plcc": metrics["plcc"],
+                        "select_srcc": metrics["srcc"], "select_plcc": metrics["plcc"],
                         "seconds": time.time() - t0})
         log.info("epoch %d: loss %.4f, selection SRCC %.4f PLCC %.4f", epoch,
                  history[-1]["train_loss"], metrics["srcc"], metrics["plcc"])
         if cfg.trainer.progress_bar:
             print(f"epoch {epoch + 1}/{o.epochs}: loss {history[-1]['train_loss']:.4f}  "
-                  f"val SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}", flush=True)
+                  f"selection SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}", flush=True)
         if best is None or metrics["plcc"] > best_plcc:  # NaN never wins, but epoch 0 is kept
             best_plcc, selected = metrics["plcc"], epoch
             best = {k: v.detach().clone() for k, v in head.state_dict().items()}
@@ -215,9 +213,10 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
 def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None):
     """Like :func:`nriqa.engine.train.fit_parts`, for a frozen backbone: cache, train, select,
     test through the full exported network, export."""
-    from nriqa.engine.train import FitResult, _write_predictions, predict_metrics
-
     check_frozen(cfg)
+    check_trainer_settings(cfg)
+    if cfg.trainer.resume and (out_dir / "config.yaml").is_file():
+        check_resumable(cfg, out_dir / "config.yaml")  # the cache continues; the settings must not change
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     settings = resolve_data_settings(cfg)
@@ -242,25 +241,13 @@ def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, sp
     test = predict_metrics(model, parts["test"], cfg, settings, return_predictions=True)
     preds = test.pop("predictions")
     selected = next(h["epoch"] for h in history if h["selected"])
-    results = {
-        "protocol": cfg.split.protocol,
-        "selection": "best val PLCC" if cfg.split.protocol == "honest"
-        else "best test PLCC (paper protocol: optimistic)",
-        "selected_epoch": selected,
-        "select_plcc": max(h["val_plcc"] for h in history),
-        "test": test,
-        "history": history,
-        "exported": "student",
-        "sizes": {k: len(v) for k, v in parts.items()},
-        "method": cfg.method.name,
-        "dataset": cfg.data.dataset,
-        "training": "decoder on cached features of the frozen backbone (trainer.feature_cache)",
-    }
-    if split is not None:
-        results["split"] = {"index": split.index, "seed": split.seed, "mode": split.mode,
-                            "fraction": split.fraction}
+    results = run_results(
+        cfg, parts, split, selected_epoch=selected,
+        select_plcc=max(h["select_plcc"] for h in history), test=test, exported="student",
+        history=history,
+        training="decoder on cached features of the frozen backbone (trainer.feature_cache)")
     atomic_write_json(out_dir / "results.json", results)
     rows = np.arange(len(parts["test"]))
-    _write_predictions(out_dir / "test_predictions.csv", parts["test"],
+    write_predictions(out_dir / "test_predictions.csv", parts["test"],
                        np.stack([rows, preds, parts["test"]["label"].to_numpy()], 1))
     return FitResult(out_dir, model_path, results)

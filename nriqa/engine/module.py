@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import lightning as L
@@ -11,26 +12,16 @@ from torch import nn
 
 from nriqa.config import RunConfig
 from nriqa.engine.diagnostics import diagnostic_groups, gradient_logs, total_grad_norm
-from nriqa.engine.schedule import lr_at
+from nriqa.engine.schedule import adamw, lr_at
 from nriqa.errors import MetricError
-from nriqa.methods import StepContext, build_methods
+from nriqa.methods import EngineHooks, StepContext, build_methods
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
 
 log = logging.getLogger(__name__)
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "queries")
-
-
-def param_groups(named_params, weight_decay: float) -> list[dict]:
-    """DEIQT's AdamW groups: no decay on biases, norms (all 1-D tensors) and embeddings/tokens."""
-    decay, no_decay = [], []
-    for name, p in named_params:
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+#: The stage that selects the epoch is logged as ``select/*`` (under the paper protocol the
+#: selection part is the test part: ``val/*`` would hide that).
+SELECT = "select"
 
 
 class IQAModule(L.LightningModule):
@@ -64,8 +55,35 @@ class IQAModule(L.LightningModule):
         self.steps_per_epoch = max(int(self.trainer.num_training_batches), 1)
 
     def on_fit_start(self) -> None:
+        self._exclude_unsynced_from_ddp()
+        hooks = self.engine_hooks()
         for method in self.methods:
-            method.on_fit_start(self)
+            method.on_fit_start(hooks)
+
+    def engine_hooks(self) -> EngineHooks:
+        """What the methods get from the engine: the student, its device, the compute count and
+        the trainer's precision context."""
+        return EngineHooks(model=self.model, device=self.device, count=self.count_compute,
+                           forward_context=self.forward_context)
+
+    def forward_context(self):
+        """The trainer's precision context (autocast under mixed precision); none without one."""
+        trainer = self._trainer
+        return trainer.precision_plugin.forward_context() if trainer is not None \
+            else contextlib.nullcontext()
+
+    def _exclude_unsynced_from_ddp(self) -> None:
+        """DDP broadcasts every buffer from rank 0 before each forward; the buffers of what the
+        methods keep identical on all ranks themselves (:meth:`Method.unsynced_modules`) are
+        taken out of that list."""
+        trainer = self._trainer
+        wrapped = getattr(trainer.strategy, "model", None) if trainer is not None else None
+        unsynced = {id(m) for method in self.methods for m in method.unsynced_modules()}
+        if not unsynced or not isinstance(wrapped, nn.parallel.DistributedDataParallel):
+            return
+        names = {f"{prefix}.{name}" for prefix, sub in wrapped.module.named_modules()
+                 if id(sub) in unsynced for name, _ in sub.named_buffers(recurse=False)}
+        wrapped.parameters_to_ignore.update(names)
 
     def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict, StepContext]:
         """The training loss of one batch: DEIQT's regression plus each method's extra loss.
@@ -80,9 +98,9 @@ class IQAModule(L.LightningModule):
         out = self.model.head(c, tokens)
         ctx = StepContext(batch=batch, images=images, labels=labels,
                           groups=batch["group"].repeat_interleave(k), crops_per_image=k, c=c,
-                          tokens=tokens, out=out, model=self.model, module=self,
-                          step=self.global_step,
-                          epoch_float=self.global_step / self.steps_per_epoch)
+                          tokens=tokens, out=out, model=self.model, step=self.global_step,
+                          epoch_float=self.global_step / self.steps_per_epoch,
+                          count=self.count_compute, forward_context=self.forward_context)
         loss = ctx.add_term("regression", self.loss_fn(out.score.float(), labels))
         logs = {"train/loss_reg": loss.detach()}
         for method in self.methods:
@@ -151,7 +169,7 @@ class IQAModule(L.LightningModule):
         named = list(self.model.named_parameters())
         for method in self.methods:
             named += [(f"{method.name}.{n}", p) for n, p in method.trainable_parameters()]
-        opt = torch.optim.AdamW(param_groups(named, o.weight_decay), lr=o.lr, betas=o.betas)
+        opt = adamw(named, o)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_at(step, self.steps_per_epoch, o) / o.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -209,5 +227,6 @@ class IQAModule(L.LightningModule):
                 except MetricError as err:
                     log.warning("%s logistic fit failed at epoch %d: %s", stage, self.current_epoch, err)
         self.last_eval[stage] = {"metrics": metrics, "predictions": arr}
-        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items() if k != "n"},
+        prefix = SELECT if stage == "val" else stage
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items() if k != "n"},
                       rank_zero_only=False, sync_dist=False)

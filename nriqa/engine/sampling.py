@@ -14,14 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Sampler
 
+from nriqa.data.distributed import dist_info
 
-def dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+__all__ = ["EpochKeyed", "EvalSampler", "TrainSampler", "dist_info"]
 
 
 class TrainSampler(Sampler):

@@ -1,4 +1,5 @@
-"""DEIQT's learning-rate schedule, stepped per iteration.
+"""DEIQT's optimiser (AdamW with its weight-decay groups) and learning-rate schedule, stepped per
+iteration.
 
 Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then (``step``) ``lr *
 decay_rate ** floor(epoch / decay_epochs)``: the timm ``StepLRScheduler`` that DEIQT steps every
@@ -10,7 +11,33 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from nriqa.config import OptimConfig
+
+#: Parameters DEIQT keeps out of weight decay, beside every 1-D tensor (biases, norms).
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "queries")
+
+
+def param_groups(named_params, weight_decay: float,
+                 no_decay_names: tuple[str, ...] = NO_DECAY_NAMES) -> list[dict]:
+    """AdamW groups: no decay on biases, norms (all 1-D tensors) and parameters whose name holds
+    one of ``no_decay_names`` (DEIQT's embeddings and tokens); frozen parameters left out."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in no_decay_names)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(named_params, cfg: OptimConfig,
+          no_decay_names: tuple[str, ...] = NO_DECAY_NAMES) -> torch.optim.AdamW:
+    """DEIQT's optimiser over ``(name, parameter)`` pairs (``lr``, ``betas``, ``weight_decay``)."""
+    return torch.optim.AdamW(param_groups(named_params, cfg.weight_decay, no_decay_names),
+                             lr=cfg.lr, betas=cfg.betas)
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:

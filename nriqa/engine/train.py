@@ -8,8 +8,6 @@ labelled so in every result).
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -22,34 +20,25 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from nriqa.config import RunConfig, save_config
 from nriqa.data.splits import Split
-from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings, subset
-from nriqa.engine.module import IQAModule
-from nriqa.errors import ConfigError
-from nriqa.inference.model_files import (
-    complete_meta,
-    inference_meta,
-    load_model,
-    read_checkpoint,
-    save_model,
+from nriqa.engine.checks import (
+    check_resumable,
+    check_trainer_settings,
+    default_precision,
+    quiet_lightning,
 )
+from nriqa.engine.data import DataSettings, IQADataModule, resolve_data_settings, subset
+from nriqa.engine.frozen import fit_frozen
+from nriqa.engine.module import SELECT, IQAModule
+from nriqa.engine.results import FitResult, predict_metrics, run_results, write_predictions
+from nriqa.errors import ConfigError
+from nriqa.inference.model_files import complete_meta, inference_meta, read_checkpoint, save_model
 from nriqa.io import atomic_write, atomic_write_json
+from nriqa.methods import prepare_methods
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FitResult:
-    out_dir: Path
-    model_path: Path  # the exported best model (.safetensors)
-    results: dict  # what results.json holds
-
-
-def default_precision(cfg: RunConfig) -> str:
-    if cfg.trainer.precision:
-        return cfg.trainer.precision
-    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+__all__ = ["FitResult", "check_resumable", "check_trainer_settings", "choose_export",
+           "compute_summary", "default_precision", "fit", "fit_parts", "predict_metrics",
+           "quiet_lightning", "run_results", "split_parts"]
 
 
 def split_parts(table: pd.DataFrame, split: Split, protocol: str) -> dict[str, pd.DataFrame]:
@@ -68,36 +57,11 @@ def split_parts(table: pd.DataFrame, split: Split, protocol: str) -> dict[str, p
 
 
 def method_context(cfg: RunConfig, parts: dict, out_dir: Path, settings: DataSettings) -> dict:
+    """Run facts every method may read, and what each method prepared for itself
+    (:meth:`~nriqa.methods.base.Method.prepare`: QFM-IQM's teacher, fitted here by
+    :func:`fit_parts` when it has to be)."""
     context = {"train_table": parts["train"], "train_size": len(parts["train"]), "settings": settings}
-    if "qfm" in cfg.method.name and cfg.method.qfm.teacher:
-        context["teacher"], context["teacher_compute"] = _teacher(cfg, parts, out_dir)
-    return context
-
-
-def _teacher(cfg: RunConfig, parts: dict, out_dir: Path):
-    """QFM-IQM's frozen teacher: a named checkpoint, or a DEIQT baseline fitted on the same
-    training part (never on the test part) and selected the same way."""
-    q = cfg.method.qfm
-    if q.teacher_checkpoint:
-        return load_model(q.teacher_checkpoint)[0], _recorded_compute(Path(q.teacher_checkpoint))
-    teacher_cfg = cfg.model_copy(deep=True)
-    teacher_cfg.method = type(cfg.method)(name="deiqt")
-    folder = Path(q.teacher_dir) / teacher_key(teacher_cfg, parts) if q.teacher_dir else out_dir / "teacher"
-    teacher_cfg.trainer.output_dir = str(folder)
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        fit_parts(teacher_cfg, parts, folder)
-    return load_model(path)[0], _recorded_compute(path)
-
-
-def _recorded_compute(model_path: Path) -> dict | None:
-    """The training compute recorded beside a model (its run's results.json), if any."""
-    import json
-
-    try:
-        return json.loads((model_path.parent / "results.json").read_text()).get("compute")
-    except (OSError, ValueError):
-        return None
+    return context | prepare_methods(cfg, parts, out_dir, settings, fit_parts)
 
 
 def compute_summary(own: dict[str, int], teacher: dict | str | None) -> dict:
@@ -118,41 +82,6 @@ def compute_summary(own: dict[str, int], teacher: dict | str | None) -> dict:
         else:
             out["teacher"] = "unknown"
     return out
-
-
-def teacher_key(cfg: RunConfig, parts: dict) -> str:
-    """Same training and selection images and same settings -> the same teacher."""
-    import hashlib
-    import json
-
-    facts = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
-             "optim": cfg.optim.model_dump(mode="json"), "seed": cfg.trainer.seed,
-             "protocol": cfg.split.protocol,
-             "parts": {k: sorted(map(str, parts[k]["path"])) for k in ("train", "select")}}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def quiet_lightning() -> None:
-    """Keep Lightning's advertising tips and a deprecation it triggers in itself out of our output."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-
-
-def check_trainer_settings(cfg: RunConfig) -> None:
-    """Fail, naming the options, before a run writes anything when this machine cannot run its
-    trainer settings (``trainer.accelerator=tpu`` without a TPU, more devices than it has, ...)."""
-    quiet_lightning()
-    t = cfg.trainer
-    try:
-        L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                  strategy=t.strategy, precision=default_precision(cfg), logger=False,
-                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException, ValueError ...
-        text = " ".join(str(err).split())
-        raise ConfigError(f"trainer.accelerator={t.accelerator!r}, trainer.devices={t.devices!r}, "
-                          f"trainer.strategy={t.strategy!r}, trainer.precision="
-                          f"{default_precision(cfg)!r}: {text[:300]}") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -228,8 +157,6 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
               split: Split | None = None, callbacks: tuple = ()) -> FitResult:
     out_dir = Path(out_dir)
     if cfg.trainer.feature_cache:
-        from nriqa.engine.frozen import fit_frozen
-
         return fit_frozen(cfg, parts, out_dir, split)
     check_trainer_settings(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -252,7 +179,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     data = IQADataModule(cfg, parts["train"], parts["select"], parts["test"],
                          module.crops_per_image, module.needs_full_image, settings)
     ckpt_dir = out_dir / "checkpoints"
-    select = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/plcc", mode="max",
+    select = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"{SELECT}/plcc", mode="max",
                              save_top_k=1, enable_version_counter=False)
     # Lightning's save_last writes only when ``select`` saves (on improvement): a checkpoint
     # of its own writes last.ckpt at the end of every epoch.
@@ -270,67 +197,19 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     exported = choose_export(module, parts["select"], cfg, settings, trainer.strategy.root_device)
     trainer.test(module, datamodule=data, verbose=False)
     test = module.last_eval.get("test", {})
-    teacher_compute = context.get("teacher_compute") or ("unknown" if "teacher" in context else None)
-    compute = compute_summary(module.compute_counts(), teacher_compute)
-    results = {
-        "protocol": cfg.split.protocol,
-        "selection": "best val PLCC" if cfg.split.protocol == "honest"
-        else "best test PLCC (paper protocol: optimistic)",
-        "selected_epoch": int(best.get("epoch", -1)),
-        "select_plcc": float(select.best_model_score) if select.best_model_score is not None else None,
-        "test": test.get("metrics"),
-        "test_last_epoch": test_last,
-        "exported": exported,
-        "sizes": {k: len(v) for k, v in parts.items()},
-        "method": cfg.method.name,
-        "dataset": cfg.data.dataset,
-        "compute": compute,
-    }
-    if split is not None:
-        results["split"] = {"index": split.index, "seed": split.seed, "mode": split.mode,
-                            "fraction": split.fraction}
+    compute = compute_summary(module.compute_counts(), context.get("teacher_compute"))
+    results = run_results(
+        cfg, parts, split, selected_epoch=int(best.get("epoch", -1)),
+        select_plcc=float(select.best_model_score) if select.best_model_score is not None else None,
+        test=test.get("metrics"), test_last_epoch=test_last, exported=exported, compute=compute)
     model_path = out_dir / "model.safetensors"
     if trainer.is_global_zero:
         save_model(module.model, module.meta, model_path)
         atomic_write_json(out_dir / "results.json", results)
         if "predictions" in test:
-            _write_predictions(out_dir / "test_predictions.csv", parts["test"], test["predictions"])
+            write_predictions(out_dir / "test_predictions.csv", parts["test"], test["predictions"])
     trainer.strategy.barrier("nriqa-export")  # every rank may read the exported files after this
     return FitResult(out_dir, model_path, results)
-
-
-# Settings a resumed run may change: how it runs, not what it computes (and epochs, to extend it).
-RESUME_MAY_CHANGE = ("trainer.resume", "trainer.progress_bar", "trainer.log_every_n_steps",
-                     "trainer.output_dir", "data.num_workers", "data.eval_batch_size",
-                     "optim.epochs")
-
-
-def check_resumable(cfg: RunConfig, saved: Path) -> None:
-    """A resume continues the saved run: any other difference from its config.yaml is an error
-    naming the settings (before anything in the run folder is written)."""
-    from nriqa.config import load_config
-
-    if not saved.is_file():
-        raise ConfigError(f"{saved}: cannot resume, the run's config.yaml is missing")
-    old = _flat(load_config(saved).model_dump(mode="json"))
-    new = _flat(cfg.model_dump(mode="json"))
-    changed = [k for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
-    if changed:
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise ConfigError(f"{saved}: cannot resume with a different config: {shown}{more}; "
-                          "resume with the saved settings or use a new trainer.output_dir")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, settings,
@@ -353,32 +232,6 @@ def choose_export(module: IQAModule, select: pd.DataFrame, cfg: RunConfig, setti
             module.model.load_state_dict(export.state_dict())
             name = f"{method.name} teacher"
     return name
-
-
-@torch.no_grad()
-def predict_metrics(model, table: pd.DataFrame, cfg: RunConfig, settings,
-                    return_predictions: bool = False) -> dict:
-    """Metrics of ``model`` on ``table`` in this process (no trainer); with
-    ``return_predictions`` also the scores, in table order, under ``"predictions"``."""
-    from nriqa.engine.data import eval_dataset, eval_loader
-    from nriqa.metrics import evaluate
-
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    preds = [model.score_crops(b["image"].to(device)).float().cpu()
-             for b in eval_loader(cfg, eval_dataset(cfg, table, settings), 0, 1)]
-    model.train(was)
-    scores = torch.cat(preds).numpy()
-    metrics = evaluate(scores, table["label"].to_numpy())
-    return {**metrics, "predictions": scores} if return_predictions else metrics
-
-
-def _write_predictions(path: Path, table: pd.DataFrame, arr) -> None:
-    rows = arr[:, 0].astype(int)
-    frame = pd.DataFrame({"path": table["path"].to_numpy()[rows], "prediction": arr[:, 1],
-                          "label": arr[:, 2], "score": table["score"].to_numpy()[rows]})
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def fit(cfg: RunConfig, table: pd.DataFrame, split: Split, out_dir: str | Path,

@@ -3,20 +3,40 @@
 A method adds losses and training-time state around the *same* DEIQT model; it never changes the
 model, so every method's checkpoint scores exactly like a DEIQT checkpoint with the same weights.
 The engine runs the student once per step and hands the result to each method as a
-:class:`StepContext`; a method returns its extra loss and values to log.
+:class:`StepContext`; a method returns its extra loss and values to log. What a method needs from
+the trainer (the compute count, the precision context) comes through public callables of
+:class:`EngineHooks` and :class:`StepContext`: a method never touches the trainer itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from nriqa.engine.module import IQAModule
-    from nriqa.models import DEIQT, DecoderOutput
+from nriqa.models import DEIQT, DecoderOutput
+
+
+def _not_counted(forward_crops: int = 0, backward_crops: int = 0) -> None:
+    """The compute count outside an engine run (a hand-built context): nothing is counted."""
+
+
+@dataclass
+class EngineHooks:
+    """What the engine lends a method at fit start (:meth:`Method.on_fit_start`)."""
+
+    model: DEIQT  # the student
+    device: torch.device
+    #: ``count(forward_crops=0, backward_crops=0)``: add passes to the run's compute count.
+    count: Callable[..., None] = _not_counted
+    #: the trainer's precision context (autocast under mixed precision) for extra forward passes.
+    forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
 
 @dataclass
@@ -30,9 +50,12 @@ class StepContext:
     tokens: torch.Tensor  # (B*K,N,d) student's tokens (decoder input)
     out: DecoderOutput  # student's decoder output on the clean input
     model: DEIQT
-    module: IQAModule
     step: int  # global optimiser step
     epoch_float: float  # fractional epoch, for ramps
+    #: ``count(forward_crops=0, backward_crops=0)``: a method's extra passes (teacher, saliency).
+    count: Callable[..., None] = _not_counted
+    #: the trainer's precision context, for passes a method makes outside the student's forward.
+    forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext
     extras: dict[str, Any] = field(default_factory=dict)  # shared between composed methods
     #: named loss terms of this step, ``{name: (unweighted loss, weight)}``, for the gradient
     #: diagnostics (``nriqa.engine.diagnostics``); the engine registers ``regression``.
@@ -49,7 +72,11 @@ class StepContext:
 
 
 class Method(nn.Module):
-    """Base class: no extra loss. Subclasses override what they need."""
+    """Base class: no extra loss. Subclasses override what they need and register themselves
+    with :func:`nriqa.methods.registry.register_method` (which sets :attr:`name`).
+
+    The constructor is called as ``cls(cfg, model, context)``: the run's config, the student and
+    the context (run facts and what :meth:`prepare` returned)."""
 
     name = "deiqt"
     #: crops per image per training item (LML-IQA samples several).
@@ -57,11 +84,31 @@ class Method(nn.Module):
     #: whether items must carry the whole image (``full``), e.g. for saliency.
     needs_full_image = False
 
+    def __init__(self, cfg=None, model: DEIQT | None = None, context: dict | None = None):
+        super().__init__()
+
+    @classmethod
+    def prepare(cls, cfg, parts: dict, out_dir: Path, settings, fit_fn: Callable) -> dict:
+        """Before the student is built (and seeded): what the method needs from outside, as
+        entries of the method context (QFM-IQM: its frozen ``teacher``).
+
+        ``parts``: the ``train`` / ``select`` / ``test`` tables; ``settings``: the resolved data
+        settings; ``fit_fn(cfg, parts, out_dir)``: the engine's fit, for a model this run builds
+        on (it returns an object with ``model_path`` and ``results``). A teacher's training
+        compute goes under ``teacher_compute`` (its ``results.json`` ``compute``, or
+        ``"unknown"``): the engine adds it to the run's totals."""
+        return {}
+
     def extra_loss(self, ctx: StepContext) -> tuple[torch.Tensor | None, dict[str, float]]:
         return None, {}
 
-    def on_fit_start(self, module: IQAModule) -> None:
-        """Before the first step (e.g. fill a memory, load a teacher)."""
+    def on_fit_start(self, hooks: EngineHooks) -> None:
+        """Before the first step (e.g. fill a memory)."""
+
+    def unsynced_modules(self) -> list[nn.Module]:
+        """Submodules whose buffers DDP must not broadcast from rank 0 before each forward: the
+        method keeps them identical on all ranks itself (e.g. a large feature memory)."""
+        return []
 
     def after_optimizer_step(self, model: DEIQT) -> None:
         """After each optimiser step (e.g. an EMA update)."""
@@ -79,11 +126,6 @@ class Method(nn.Module):
 
     def select_network(self, name: str) -> None:
         """Told which candidate of :meth:`export_candidates` validated best."""
-
-    def count(self, module: IQAModule | None, forward_crops: int = 0, backward_crops: int = 0) -> None:
-        """Add this method's extra passes (teacher, saliency, warm fill) to the run's compute count."""
-        if module is not None and hasattr(module, "count_compute"):
-            module.count_compute(forward_crops, backward_crops)
 
     def export_model(self, model: DEIQT) -> DEIQT:
         """The network to export for inference (the student by default)."""

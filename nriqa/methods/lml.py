@@ -36,8 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nriqa.config import LMLConfig
 from nriqa.errors import ConfigError
 from nriqa.methods.base import Method, StepContext
+from nriqa.methods.registry import register_method
+from nriqa.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +51,16 @@ SPECTRAL_SIZE = 64
 
 #: Ablation variants for ``nriqa ablate lml``: (name, config overrides).
 ABLATIONS: list[tuple[str, list[str]]] = [
-    ("deiqt", ["method.name=deiqt"]),
-    ("lml", ["method.name=lml"]),
-    ("lml-alpha-0", ["method.name=lml", "method.lml.alpha=0"]),
-    ("lml-random-saliency", ["method.name=lml", "method.lml.saliency=random"]),
-    ("lml-no-ema", ["method.name=lml", "method.lml.ema=false"]),
-    ("lml-k-2", ["method.name=lml", "method.lml.crops=2"]),
-    ("lml-k-6", ["method.name=lml", "method.lml.crops=6"]),
+    ("deiqt", ["method.names=[]"]),
+    ("lml", ["method.names=[lml]"]),
+    ("lml-alpha-0", ["method.names=[lml]", "method.lml.alpha=0"]),
+    ("lml-random-saliency", ["method.names=[lml]", "method.lml.saliency=random"]),
+    ("lml-no-ema", ["method.names=[lml]", "method.lml.ema=false"]),
+    ("lml-k-2", ["method.names=[lml]", "method.lml.crops=2"]),
+    ("lml-k-6", ["method.names=[lml]", "method.lml.crops=6"]),
     # Only valid with a ViT backbone that has a CLS token (raises ConfigError otherwise).
-    ("lml-vit-cls", ["method.name=lml", "method.lml.saliency=vit-cls"]),
-    ("lml-spectral", ["method.name=lml", "method.lml.saliency=spectral"]),
+    ("lml-vit-cls", ["method.names=[lml]", "method.lml.saliency=vit-cls"]),
+    ("lml-spectral", ["method.names=[lml]", "method.lml.saliency=spectral"]),
 ]
 #: Variants that need a ViT backbone with a CLS token.
 REQUIRES_VIT: frozenset[str] = frozenset({"lml-vit-cls"})
@@ -66,6 +69,13 @@ REQUIRES_VIT: frozenset[str] = frozenset({"lml-vit-cls"})
 def ablations_for(backbone_has_cls: bool) -> list[tuple[str, list[str]]]:
     """:data:`ABLATIONS` without the variants the backbone cannot run."""
     return [(n, o) for n, o in ABLATIONS if backbone_has_cls or n not in REQUIRES_VIT]
+
+
+def _runnable_ablations(cfg, variants: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """The variants ``cfg``'s backbone can run (CLS-attention saliency needs a ViT)."""
+    m = cfg.model
+    has_cls = Backbone(m.backbone, weights="none", img_size=m.img_size, **m.backbone_kwargs).has_cls
+    return [(n, o) for n, o in variants if has_cls or n not in REQUIRES_VIT]
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -207,7 +217,7 @@ def spectral_residual(images, size: int = SPECTRAL_SIZE, avg: int = 3, sigma: fl
     ``size // 4``) before the FFT and the map cropped back, because the FFT's periodic wrap
     otherwise makes the image borders the most "salient" places (``pad=0``: the original).
     """
-    from scipy import ndimage
+    from scipy import ndimage  # noqa: PLC0415 - scipy only for spectral saliency (start-up time)
 
     x = images if torch.is_tensor(images) else torch.from_numpy(np.array(images))
     x = x.detach().cpu()
@@ -285,7 +295,12 @@ class Projector(nn.Module):
 
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``xi <- m * xi + (1 - m) * theta`` for every parameter; buffers are copied."""
+    """``xi <- m * xi + (1 - m) * theta`` for every parameter; buffers are copied.
+
+    Not timm's ``ModelEmaV3``: it interpolates (``lerp``), which differs from this in float32's
+    last bits from the first update on (``benchmarks/ema_vs_timm.py``), so trained LML-IQA
+    models would not reproduce; and it keeps the copy under ``.module``, which renames the
+    teacher's checkpoint keys that resumed runs load."""
     t_named, s_named = list(teacher.named_parameters()), list(student.named_parameters())
     if [n for n, _ in t_named] != [n for n, _ in s_named]:
         raise ValueError("teacher and student have different parameters")
@@ -301,6 +316,8 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
 # ------------------------------------------------------------------------------------ method
 
 
+@register_method("lml", config=LMLConfig, ablations=ABLATIONS,
+                 ablation_filter=_runnable_ablations)
 class LMLMethod(Method):
     """LML-IQA's training additions around a DEIQT student (see the module docstring).
 
@@ -410,7 +427,7 @@ class LMLMethod(Method):
         finally:
             teacher.train(was)
         if kind != "spectral":  # one teacher pass per whole image
-            self.count(ctx.module, forward_crops=len(maps))
+            ctx.count(forward_crops=len(maps))
         sal = box_saliency(maps, batch["boxes"].float(), BOX_RESOLUTION)
         if kind != "spectral":  # a static map always agrees with itself
             self._agreement = self._salient_agreement(maps, batch, sal.argmax(1))
@@ -479,7 +496,7 @@ class LMLMethod(Method):
             else:
                 t_c, t_tokens = teacher.features(ctx.images)
                 t_out = teacher.head(t_c, t_tokens)
-                self.count(ctx.module, forward_crops=m)
+                ctx.count(forward_crops=m)
             keys = t_proj(self.projector_input(t_c, t_out, student=False).detach())
             t_score = t_out.score.detach().float()
 

@@ -1,52 +1,60 @@
 """``nriqa ablate``: run named variants of a recipe on the same splits and seeds, one table.
 
-Each method module lists its variants as ``ABLATIONS = [(name, [overrides...]), ...]``; the runner
-applies them on top of the recipe and the user's overrides, so every variant sees the same data,
-splits, seeds and budget and differs only in its own switches.
+Each method registers its variants (``register_method(..., ablations=[(name, [overrides...]),
+...])``, :mod:`nriqa.methods.registry`); the runner applies them on top of the recipe and the
+user's overrides, so every variant sees the same data, splits, seeds and budget and differs only
+in its own switches.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pandas as pd
 
-from nriqa.config import load_config
+from nriqa.config import load_config, merge, parse_overrides
 from nriqa.errors import ConfigError
 from nriqa.io import atomic_write, atomic_write_text
+from nriqa.methods import ablatable_methods, ablation_variants
+from nriqa.methods.registry import ablation_defaults
+from nriqa.protocol.runner import run_protocol
 
-SOURCES = {"qfm": "nriqa.methods.qfm", "lml": "nriqa.methods.lml"}
+
+class _AblatableMethods:
+    """A live view of the registered methods that have ablations (``nriqa ablate``'s choices)."""
+
+    def __iter__(self):
+        return iter(ablatable_methods())
+
+    def __contains__(self, name) -> bool:
+        return name in ablatable_methods()
+
+
+SOURCES = _AblatableMethods()
 
 
 def variants(method: str) -> list[tuple[str, list[str]]]:
-    if method not in SOURCES:
-        raise ConfigError(f"no ablations for {method!r}; known: {sorted(SOURCES)}")
-    return list(importlib.import_module(SOURCES[method]).ABLATIONS)
+    """The variants ``method`` registered: ``[(name, [overrides...]), ...]``."""
+    return ablation_variants(method)
 
 
 def run_ablation(recipe: str | None, method: str, overrides: list[str], output_dir: str | Path,
                  only: list[str] | None = None) -> pd.DataFrame:
-    from nriqa.protocol.runner import run_protocol
-
     out = Path(output_dir)
-    available = variants(method)
-    if method == "lml":  # CLS-attention saliency needs a ViT; skip it on other backbones
-        from nriqa.methods.lml import ablations_for
-        from nriqa.models.backbones import Backbone
-
-        base = load_config(recipe, overrides).model
-        available = ablations_for(
-            Backbone(base.backbone, weights="none", img_size=base.img_size, **base.backbone_kwargs).has_cls)
+    # What every variant shares (e.g. QFM-IQM's teacher folder: one teacher per split instead of
+    # one per variant), then the user's overrides; each variant's own switches go on top.
+    base = load_config(recipe, [*ablation_defaults(out), *overrides])
+    available = ablation_variants(method, base)  # without those this config cannot run
     chosen = [(n, o) for n, o in available if not only or n in only]
     unknown = set(only or []) - {n for n, _ in chosen}
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; known: {[n for n, _ in variants(method)]}")
     rows = []
     for name, extra in chosen:
-        # QFM-IQM variants share one teacher per split instead of each fitting its own.
-        cfg = load_config(recipe, [f"method.qfm.teacher_dir={out / 'teachers'}", *overrides, *extra,
-                                   f"trainer.output_dir={out / name}"])
+        # On the resolved base (which spells the methods as method.names), so that a variant's
+        # method.names replaces a recipe's old-style method.name instead of disagreeing with it.
+        cfg = load_config(None, merge(base.model_dump(mode="json"),
+                                      parse_overrides([*extra, f"trainer.output_dir={out / name}"])))
         summary = run_protocol(cfg)
         row = {"variant": name, "overrides": " ".join(extra) or "-", "protocol": summary["protocol"],
                "splits": summary["splits"]}

@@ -56,15 +56,15 @@ def read_metrics(csv: Path) -> pd.DataFrame:
 
 
 def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows: logged values (``train/..`` epoch means without the gradient ones, ``val/..``);
-    columns: epochs."""
+    """Rows: logged values (``train/..`` epoch means without the gradient ones, ``select/..``,
+    or ``val/..`` in runs logged before the selection part was named so); columns: epochs."""
     cols = {}
     for col in frame.columns:
         if col.startswith("train/") and col.endswith(EPOCH_SUFFIX):
             name = col[len("train/"):-len(EPOCH_SUFFIX)]
             if not name.startswith(("grad/", "gradcos/")):  # those have their own tables
                 cols[name] = col
-        elif col.startswith("val/"):
+        elif col.startswith(("select/", "val/")):
             cols[col] = col
     if not cols:
         return pd.DataFrame()
