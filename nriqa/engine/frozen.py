@@ -161,9 +161,21 @@ def _scores(head: CachedHead, glob, tokens, batch: int = 64) -> np.ndarray:
     return out.numpy()
 
 
-def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, list[dict]]:
+def _notify(callbacks, hook: str, *args) -> None:
+    """Call ``hook`` on the callbacks that have it (see :func:`train_head`)."""
+    for callback in callbacks:
+        if hasattr(callback, hook):
+            getattr(callback, hook)(*args)
+
+
+def train_head(cfg: RunConfig, head: CachedHead, train, select,
+               callbacks: tuple = ()) -> tuple[dict, list[dict]]:
     """DEIQT's loss, optimiser and schedule over cached features; returns the state with the best
-    selection PLCC and the per-epoch log. Deterministic for a seed."""
+    selection PLCC and the per-epoch log. Deterministic for a seed.
+
+    ``callbacks`` may follow the training (a progress bar): each hook a callback has is called,
+    ``on_head_start(total_steps, epochs)``, ``on_head_step(epoch, loss)``,
+    ``on_head_epoch_end(epoch, metrics)`` and ``on_head_end()``."""
     (g_tr, t_tr, y_tr), (g_sel, t_sel, y_sel) = train, select
     torch.manual_seed(cfg.trainer.seed)
     o = cfg.optim
@@ -178,6 +190,7 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
     if o.epochs < 1:
         raise ConfigError("optim.epochs must be at least 1")
     best, best_plcc, history, step, selected = None, -math.inf, [], 0, 0
+    _notify(callbacks, "on_head_start", o.epochs * steps_per_epoch, o.epochs)
     for epoch in range(o.epochs):
         t0, total = time.time(), 0.0
         order = torch.randperm(len(y_tr), generator=gen)
@@ -193,10 +206,12 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
             opt.step()
             total += float(loss.detach())
             step += 1
+            _notify(callbacks, "on_head_step", epoch, float(loss.detach()))
         metrics = evaluate(_scores(head, g_sel, t_sel), y_sel.numpy())
         history.append({"epoch": epoch, "train_loss": total / steps_per_epoch,
                         "select_srcc": metrics["srcc"], "select_plcc": metrics["plcc"],
                         "seconds": time.time() - t0})
+        _notify(callbacks, "on_head_epoch_end", epoch, metrics)
         log.info("epoch %d: loss %.4f, selection SRCC %.4f PLCC %.4f", epoch,
                  history[-1]["train_loss"], metrics["srcc"], metrics["plcc"])
         if cfg.trainer.progress_bar:
@@ -205,14 +220,16 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select) -> tuple[dict, l
         if best is None or metrics["plcc"] > best_plcc:  # NaN never wins, but epoch 0 is kept
             best_plcc, selected = metrics["plcc"], epoch
             best = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    _notify(callbacks, "on_head_end")
     for h in history:
         h["selected"] = h["epoch"] == selected
     return best, history
 
 
-def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None):
+def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None,
+               callbacks: tuple = ()):
     """Like :func:`nriqa.engine.train.fit_parts`, for a frozen backbone: cache, train, select,
-    test through the full exported network, export."""
+    test through the full exported network, export. ``callbacks``: see :func:`train_head`."""
     check_frozen(cfg)
     check_trainer_settings(cfg)
     if cfg.trainer.resume and (out_dir / "config.yaml").is_file():
@@ -232,7 +249,7 @@ def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, sp
         glob, tokens = cache.load()
         features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))
     head = CachedHead(model)
-    best, history = train_head(cfg, head, features["train"], features["select"])
+    best, history = train_head(cfg, head, features["train"], features["select"], callbacks)
     head.load_state_dict(best)
     meta = inference_meta(cfg, settings)
     model_path = save_model(model, meta, out_dir / "model.safetensors")

@@ -157,7 +157,7 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
               split: Split | None = None, callbacks: tuple = ()) -> FitResult:
     out_dir = Path(out_dir)
     if cfg.trainer.feature_cache:
-        return fit_frozen(cfg, parts, out_dir, split)
+        return fit_frozen(cfg, parts, out_dir, split, callbacks)
     check_trainer_settings(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
     resume = cfg.trainer.resume and last.is_file()

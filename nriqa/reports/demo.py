@@ -178,6 +178,9 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     _say(f"model     {result.model_path}  (nriqa score photos/ --checkpoint {result.model_path})")
     kept = "checkpoints kept" if keep_checkpoints else "no training checkpoints kept (--keep-checkpoints)"
     _say(f"run       {out}  ({_size(out)}; {kept})")
+    features = Path(cfg.trainer.feature_cache_dir or out / "features")
+    if cfg.trainer.feature_cache and features.is_dir():
+        _say(f"features  {features}  ({_size(features)}; the frozen backbone's, reused by the next demo)")
     _say(f"dataset   {root}  ({_size(root)}; clear the cache with: rm -rf {synthetic.cache_root()})")
     return DemoResult(report, result.model_path, root, test, probe["test"], wall,
                       {"build_s": build_s, "train_s": train_s, "probe_s": probe_s})
@@ -284,5 +287,23 @@ def demo_progress(total_steps: int, epochs: int):
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+
+        # The same bar for a decoder trained on cached features (nriqa.engine.frozen.train_head).
+        def on_head_start(self, total_steps: int, epochs: int) -> None:
+            self.total, self.epochs = total_steps, epochs
+            self.on_train_start(None, None)
+
+        def on_head_step(self, epoch: int, loss: float) -> None:
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+            self.bar.set_postfix_str(f"loss {self.loss:.4f}{self.val}", refresh=False)
+            self.bar.update(1)
+
+        def on_head_epoch_end(self, epoch: int, metrics: dict) -> None:
+            self.val = f", val SRCC {metrics['srcc']:.3f}"
+            self.bar.set_postfix_str(f"loss {self.loss or 0:.4f}{self.val}")
+
+        def on_head_end(self) -> None:
+            self.on_train_end(None, None)
 
     return _DemoProgress(total_steps, epochs)
