@@ -313,7 +313,9 @@ def write_demo_report(out_dir: Path, facts: dict, model_path: Path) -> Path:
         f"- Machine load (1/5/15-minute load averages): {_fmt_load(load['start'])} at the start, "
         f"{_fmt_load(load['end'])} at the end; other programs running at the same time slow a run.",
         f"- Files: the model `{Path(model_path).name}`, `config.yaml`, `results.json`, "
-        f"`test_predictions.csv`, `logs/`; the dataset is cached at `{facts['dataset']}`.",
+        f"`test_predictions.csv`{', `logs/`' if (Path(out_dir) / 'logs').is_dir() else ''}; "
+        f"the dataset is cached at `{facts['dataset']}`.",
+        f"- Training: {_training_kind(cfg)}.",
         "- Limits: the labels are KADID-10k's averages per distortion type and level, not ratings "
         "of these very images, and the distortions are reconstructions of KADID's; the numbers "
         "measure how well the model recognises distortions and their strength on unseen photos, "
@@ -328,6 +330,13 @@ def write_demo_report(out_dir: Path, facts: dict, model_path: Path) -> Path:
 
 def _weights(weights: str) -> str:
     return "random initial weights" if weights == "none" else f"{weights} ImageNet weights"
+
+
+def _training_kind(cfg) -> str:
+    if cfg.trainer.feature_cache:
+        return ("the backbone frozen with its ImageNet weights, its features (model.readout="
+                f"{cfg.model.readout}) computed once and cached, the decoder trained on them")
+    return "the backbone's unfrozen layers and the decoder trained together"
 
 
 def _fmt_load(load) -> str:
