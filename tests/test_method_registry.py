@@ -22,6 +22,7 @@ from nriqa.engine.train import fit
 from nriqa.errors import ConfigError
 from nriqa.methods import (
     Method,
+    ablatable_methods,
     ablation_variants,
     build_methods,
     check_methods,
@@ -103,7 +104,7 @@ def test_a_method_registered_from_a_test_file_trains_one_step_through_the_engine
 
 
 def test_a_plugin_method_gets_its_ablations_and_option_errors_from_the_registry(tmp_path, toy):
-    assert "toy" in registered_methods() and "toy" in ablation.SOURCES
+    assert "toy" in registered_methods() and "toy" in ablatable_methods()
     assert ablation.variants("toy") == [("deiqt", ["method.names=[]"]), ("toy", ["method.names=[toy]"])]
     with pytest.raises(ConfigError, match=r"method.options.toy.*unknown key 'method.options.toy.wieght'"):
         check_methods(load_config(None, ["method.names=[toy]", "method.options.toy.wieght=1"]))

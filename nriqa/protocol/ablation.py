@@ -15,22 +15,9 @@ import pandas as pd
 from nriqa.config import load_config, merge, parse_overrides
 from nriqa.errors import ConfigError
 from nriqa.io import atomic_write, atomic_write_text
-from nriqa.methods import ablatable_methods, ablation_variants
+from nriqa.methods import ablation_variants
 from nriqa.methods.registry import ablation_defaults
 from nriqa.protocol.runner import run_protocol
-
-
-class _AblatableMethods:
-    """A live view of the registered methods that have ablations (``nriqa ablate``'s choices)."""
-
-    def __iter__(self):
-        return iter(ablatable_methods())
-
-    def __contains__(self, name) -> bool:
-        return name in ablatable_methods()
-
-
-SOURCES = _AblatableMethods()
 
 
 def variants(method: str) -> list[tuple[str, list[str]]]:
