@@ -68,3 +68,26 @@ def test_gallery_picks_lowest_highest_and_biggest_misses():
     assert [i["row"] for i in items if i["row"]] == ["worst quality", "best quality",
                                                       "biggest misses"]
     assert "label 0.37 · predicted 0.95" in items[6]["caption"]
+
+
+def test_tiny_demo_on_cached_frozen_features_shares_one_cache_between_probe_and_training(
+        tmp_path, monkeypatch, capsys):
+    """The `demo` recipe's path: a frozen CNN read through its per-stage statistics, the features
+    computed once (the probe fills the cache, the decoder trains on it), one progress bar."""
+    monkeypatch.setenv("NRIQA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    frozen = ["model.backbone=test_efficientnet", "model.img_size=null", "model.backbone_kwargs={}",
+              "model.readout=stats", "model.freeze=['*']", "model.freeze_bn=true",
+              "trainer.feature_cache=true", "data.test_patch_num=1", "data.hflip=false"]
+    assert main(["demo", "--tiny", "--output-dir", str(out), *frozen]) == 0
+    captured = capsys.readouterr()
+    assert "backbone frozen (untrained features, computed once and cached)" in captured.out
+    assert re.search(r"method\s+2 epoch\(s\) x \d+ steps of 8 cached 32 px crops", captured.out)
+    assert re.search(r"trained model\s+SRCC -?\d\.\d{3}", captured.out)
+    assert "features  " in captured.out
+    assert re.search(r"epoch 2/2.*loss \d\.\d{4}, val SRCC -?\d\.\d{3}", captured.err)
+    caches = [p for p in (tmp_path / "cache" / "features").iterdir() if p.is_dir()]
+    assert len(caches) == 3, "train, validation and test parts: each computed once"
+    results = (out / "results.json").read_text()
+    assert "cached features of the frozen backbone" in results
+    assert (out / "model.safetensors").is_file() and (out / "report.md").is_file()

@@ -213,8 +213,9 @@ def _trainable(cfg: RunConfig) -> str:
     if not frozen:
         return "all layers trained"
     if "*" in frozen:
-        cached = ", its features computed once and cached" if cfg.trainer.feature_cache else ""
-        return f"backbone frozen (ImageNet features{cached}), the decoder trained"
+        kind = "untrained features" if cfg.model.weights == "none" else "ImageNet features"
+        cached = ", computed once and cached" if cfg.trainer.feature_cache else ""
+        return f"backbone frozen ({kind}{cached}), the decoder trained"
     blocks = [f for f in frozen if f.startswith("blocks.")]
     stem = "stem and " if "conv_stem" in frozen else ""
     last = f"blocks up to {blocks[-1]}" if blocks else ""
