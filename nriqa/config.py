@@ -31,7 +31,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from nriqa.data.registry import get_spec
 from nriqa.data.resize import resized_size
 from nriqa.errors import ConfigError
 
@@ -77,6 +76,10 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _loader_options(self):
         if self.options:
+            # The dataset table imports pandas and every reader: only when options need checking,
+            # so that `nriqa --help` and the CLI's start-up stay light.
+            from nriqa.data.registry import get_spec  # noqa: PLC0415 - start-up time
+
             try:
                 spec = get_spec(self.dataset)
             except ConfigError:
