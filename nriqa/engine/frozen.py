@@ -50,6 +50,12 @@ CHUNK = 256  # images per cache chunk: the most a killed extraction loses
 CACHE_FORMAT = 1
 
 
+def cache_folder(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
+    """Where a run's feature caches live: ``trainer.feature_cache_dir``, else
+    ``<output_dir>/features``."""
+    return Path(cfg.trainer.feature_cache_dir or Path(out_dir or cfg.trainer.output_dir) / "features")
+
+
 def check_frozen(cfg: RunConfig) -> None:
     """The cache is exact only for a fully frozen backbone, seen through fixed crops."""
     problems = []
@@ -239,7 +245,7 @@ def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, sp
     settings = resolve_data_settings(cfg)
     torch.manual_seed(cfg.trainer.seed)
     model = DEIQT.from_config(cfg.model)
-    folder = Path(cfg.trainer.feature_cache_dir or out_dir / "features")
+    folder = cache_folder(cfg, out_dir)
     features = {}
     for name in ("train", "select"):
         table = parts[name]

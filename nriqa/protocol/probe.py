@@ -3,12 +3,11 @@
 Ridge regression from the backbone's global feature (ImageNet weights, never trained here; the
 model's own readout: the pooled last map, or with ``model.readout=stats`` the per-stage channel
 statistics) to the labels, fitted on the training part, its penalty chosen by PLCC on the
-validation part, and tested on the test part: the baseline beside which the trained model's gain is visible.
+validation part, and tested on the test part: the baseline beside which the trained model's gain
+is visible.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ from sklearn.linear_model import Ridge
 
 from nriqa.config import RunConfig
 from nriqa.engine.data import eval_dataset, eval_loader
-from nriqa.engine.frozen import FeatureCache
+from nriqa.engine.frozen import FeatureCache, cache_folder
 from nriqa.errors import MetricError
 from nriqa.metrics import evaluate, plcc
 from nriqa.models import DEIQT
@@ -64,7 +63,7 @@ def part_features(cfg: RunConfig, parts: dict[str, pd.DataFrame], settings,
     names = ("train", "select", "test")
     if cfg.trainer.feature_cache:
         model = DEIQT.from_config(cfg.model)
-        folder = Path(cfg.trainer.feature_cache_dir or Path(cfg.trainer.output_dir) / "features")
+        folder = cache_folder(cfg)
         out = {}
         for name in names:
             cache = FeatureCache.for_run(cfg, parts[name], settings, folder)

@@ -144,6 +144,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     _say(f"probe: held-out SRCC {probe['test']['srcc']:.3f}, PLCC {probe['test']['plcc']:.3f} "
          f"(ridge alpha {probe['alpha']:g} chosen on validation; {probe_s:.0f} s)")
 
+    from nriqa.engine.frozen import cache_folder
     from nriqa.engine.train import fit_parts
 
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     _say(f"model     {result.model_path}  (nriqa score photos/ --checkpoint {result.model_path})")
     kept = "checkpoints kept" if keep_checkpoints else "no training checkpoints kept (--keep-checkpoints)"
     _say(f"run       {out}  ({_size(out)}; {kept})")
-    features = Path(cfg.trainer.feature_cache_dir or out / "features")
+    features = cache_folder(cfg, out)
     if cfg.trainer.feature_cache and features.is_dir():
         _say(f"features  {features}  ({_size(features)}; the frozen backbone's, reused by the next demo)")
     _say(f"dataset   {root}  ({_size(root)}; clear the cache with: rm -rf {synthetic.cache_root()})")
