@@ -64,6 +64,7 @@ class DataConfig(Section):
     crop_size: Int = Field(224, gt=0)
     patch_num: Int | None = Field(None, gt=0, description="train repeats / test crops per image; None: the dataset's default (DEIQT: 25, LIVEC 10)")
     test_patch_num: Int | None = Field(None, gt=0, description="test crops per image; None: patch_num")
+    test_flip: Bool = Field(False, description="also score each test crop mirrored left-right (2x the test crops), averaged with the rest")
     resize: str | None = Field(None, description="none, deiqt, aspect:HxW, short:N; None: the dataset's default")
 
     @field_validator("resize")

@@ -1,6 +1,6 @@
 """Same input, same score, through every API: ``Scorer.score_image(Image.open(p))``,
 ``Scorer.score_paths([p])`` and ``nriqa score p`` agree for awkward image modes, under both test-crop
-policies."""
+policies and with mirrored test views."""
 
 from __future__ import annotations
 
@@ -50,13 +50,13 @@ def images(tmp_path_factory) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module", params=["grid", "seeded"])
+@pytest.fixture(scope="module", params=["grid", "seeded", "grid-flip"])
 def model_file(request, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = load_config(None, TINY_MODEL)
     meta = {"format": "nriqa-deiqt-v1", "model": cfg.model.model_dump(mode="json"),
-            "crop_size": 32, "test_patch_num": 3, "test_crops": request.param,
-            "resize": "none", "small_image": "upscale"}
+            "crop_size": 32, "test_patch_num": 3, "test_crops": request.param.split("-")[0],
+            "test_flip": request.param.endswith("flip"), "resize": "none", "small_image": "upscale"}
     folder = tmp_path_factory.mktemp(request.param)
     return save_model(DEIQT.from_config(cfg.model), meta, folder / "m.safetensors")
 

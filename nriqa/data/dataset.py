@@ -42,9 +42,9 @@ class _CropSettings:
         """Decode, resize and make the image large enough for one crop."""
         return self.policy.open(path)
 
-    def eval_boxes(self, img: Image.Image, path: str) -> np.ndarray:
+    def eval_views(self, img: Image.Image, path: str) -> tuple[np.ndarray, np.ndarray]:
         # Keyed by the file name, not the full path: the crops do not depend on where the data lives.
-        return self.policy.boxes(img, crop_key(path))
+        return self.policy.eval_views(img, crop_key(path))
 
     def crop_item(self, img: Image.Image, boxes: np.ndarray, flips: np.ndarray) -> dict:
         scale = np.array([*img.size, *img.size], dtype=np.float64)  # (x0, y0, x1, y1) -> [0, 1]
@@ -79,8 +79,8 @@ class IQADataset(Dataset):
     """Crops of the images of a label table, with their labels.
 
     ``policy`` (:class:`~nriqa.data.policy.CropPolicy`) says how a file becomes crops: its crop
-    size, resize and small-image policies in both modes, its ``patch_num`` and ``test_crops`` in
-    evaluation. The other arguments are training-only, except ``return_full`` / ``full_size``.
+    size, resize and small-image policies in both modes, its ``patch_num``, ``test_crops`` and
+    ``test_flip`` in evaluation. The other arguments are training-only, except ``return_full`` / ``full_size``.
 
     Training (``train=True``): ``len = len(table) * repeats`` (DEIQT's PATCH_NUM: each image is
     visited ``repeats`` times an epoch); item ``i`` is image ``i % len(table)`` with
@@ -90,9 +90,9 @@ class IQADataset(Dataset):
     Call :meth:`set_epoch` at the start of every epoch; the epoch lives in shared memory so
     persistent workers see it too.
 
-    Evaluation (``train=False``): ``len = len(table)``; each item holds the policy's ``patch_num``
-    deterministic crops by its ``test_crops`` (``"grid"`` or ``"seeded"`` by the file name), never
-    flipped; ``repeats``, ``crops_per_item``, ``seed`` and ``hflip`` are not used.
+    Evaluation (``train=False``): ``len = len(table)``; each item holds the policy's ``views``
+    deterministic crops: ``patch_num`` boxes by its ``test_crops`` (``"grid"`` or ``"seeded"`` by
+    the file name), then, with ``test_flip``, the same boxes mirrored; ``repeats``, ``crops_per_item``, ``seed`` and ``hflip`` are not used.
 
     Each image is resized by the policy's ``resize`` (see :func:`~nriqa.data.resize.resize_image`),
     then made at least ``crop_size`` on each side by its ``small_image`` (see
@@ -170,8 +170,7 @@ class IQADataset(Dataset):
         if self.train:
             boxes, flips = self._train_boxes(img, idx)
         else:
-            boxes = self.settings.eval_boxes(img, path)
-            flips = np.zeros(len(boxes), dtype=bool)
+            boxes, flips = self.settings.eval_views(img, path)
         item = self.settings.crop_item(img, boxes, flips)
         item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
         item["index"] = torch.tensor(self.rows[row], dtype=torch.int64)
@@ -187,7 +186,7 @@ class IQADataset(Dataset):
 
 
 class ImageListDataset(Dataset):
-    """The ``policy``'s ``patch_num`` deterministic test crops of each file in ``paths``, for
+    """The ``policy``'s ``views`` deterministic test crops of each file in ``paths``, for
     scoring unlabelled images.
 
     Same preprocessing as :class:`IQADataset` in evaluation with the same policy. Items:
@@ -219,11 +218,10 @@ class ImageListDataset(Dataset):
         path = self.paths[idx]
         try:
             img = self.settings.prepare(path)
-            boxes = self.settings.eval_boxes(img, path)
-            item = self.settings.crop_item(img, boxes, np.zeros(len(boxes), dtype=bool))
+            item = self.settings.crop_item(img, *self.settings.eval_views(img, path))
             error = ""
         except DataError as err:
-            item, error = self.settings.blank_item(self.policy.patch_num), str(err)
+            item, error = self.settings.blank_item(self.policy.views), str(err)
         item.update(index=torch.tensor(idx, dtype=torch.int64), path=path, error=error)
         return item
 

@@ -7,7 +7,8 @@ same crops:
 1. decode to 8-bit RGB (:func:`~nriqa.data.images.to_rgb`: EXIF orientation applied, alpha on
    white, 16-bit scaled);
 2. resize by ``resize``, then make each side at least ``crop_size`` by ``small_image``;
-3. cut ``patch_num`` deterministic boxes by ``test_crops``. ``"seeded"`` boxes are keyed by the
+3. cut ``patch_num`` deterministic boxes by ``test_crops``; with ``test_flip`` each box is also
+   scored mirrored (left-right), so an image has ``views`` = 2 x ``patch_num`` test crops. ``"seeded"`` boxes are keyed by the
    image's file *name* (not its folder): :func:`crop_key` gives that key for a path, and for a
    ``PIL`` image opened from a file (its ``filename``); an image made in memory has the key ``""``.
 """
@@ -33,12 +34,15 @@ class CropPolicy:
     test_crops: str = "grid"
     resize: str = "none"
     small_image: str = "upscale"
+    test_flip: bool = False  # also score the mirror image of every test crop
 
     def __post_init__(self):
         if isinstance(self.crop_size, bool) or int(self.crop_size) < 1:
             raise ValueError(f"crop_size must be a positive integer, got {self.crop_size!r}")
         if isinstance(self.patch_num, bool) or int(self.patch_num) < 1:
             raise ValueError(f"patch_num must be >= 1, got {self.patch_num!r}")
+        if not isinstance(self.test_flip, bool):
+            raise ValueError(f"test_flip must be true or false, got {self.test_flip!r}")
         resized_size(self.crop_size, self.crop_size, self.resize)  # names the allowed policies
         if self.small_image not in SMALL_IMAGE_POLICIES:
             raise ValueError(f"unknown small_image policy {self.small_image!r}; "
@@ -51,16 +55,19 @@ class CropPolicy:
     def from_meta(cls, meta) -> CropPolicy:
         """The policy a model file records (a validated :class:`~nriqa.inference.model_files.ModelMeta`
         or its dict)."""
-        get = meta.get if isinstance(meta, dict) else lambda k: getattr(meta, k)
+        def get(key, default=None):
+            return meta.get(key, default) if isinstance(meta, dict) else getattr(meta, key, default)
+
+        # test_flip is absent from files written before nriqa had it: they score without it.
         return cls(get("crop_size"), get("test_patch_num"), get("test_crops"), get("resize"),
-                   get("small_image"))
+                   get("small_image"), get("test_flip", False))
 
     @classmethod
     def from_config(cls, cfg, settings) -> CropPolicy:
         """The evaluation policy of a run (``settings``: its resolved dataset defaults)."""
         d = cfg.data
         return cls(d.crop_size, settings.test_patch_num, d.test_crops, settings.resize,
-                   d.small_image)
+                   d.small_image, d.test_flip)
 
     def prepare(self, img: Image.Image, path: str | Path | None = None) -> Image.Image:
         """An RGB image resized and made large enough for one crop."""
@@ -70,14 +77,27 @@ class CropPolicy:
         """Decode ``path`` (raising :class:`~nriqa.errors.ImageError` naming it) and prepare it."""
         return self.prepare(load_image(path), path)
 
+    @property
+    def views(self) -> int:
+        """Test crops per image: ``patch_num``, twice that with ``test_flip``."""
+        return self.patch_num * (2 if self.test_flip else 1)
+
     def boxes(self, img: Image.Image, key: str, n: int | None = None) -> np.ndarray:
         return eval_boxes(*img.size, self.crop_size, n or self.patch_num, self.test_crops, key)
 
+    def eval_views(self, img: Image.Image, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ``views`` test boxes of a prepared image and whether each is mirrored: the
+        ``patch_num`` boxes, then (with ``test_flip``) the same boxes mirrored."""
+        boxes = self.boxes(img, key)
+        if not self.test_flip:
+            return boxes, np.zeros(len(boxes), dtype=bool)
+        return np.concatenate([boxes, boxes]), np.repeat([False, True], len(boxes))
+
     def crops(self, image: Image.Image, key: str | None = None) -> torch.Tensor:
-        """The ``(patch_num, 3, S, S)`` uint8 test crops of a ``PIL`` image of any mode."""
+        """The ``(views, 3, S, S)`` uint8 test crops of a ``PIL`` image of any mode."""
         key = crop_key(image) if key is None else key
         img = self.prepare(decode_image(image, getattr(image, "filename", None) or None))
-        return extract_crops(img, self.boxes(img, key))
+        return extract_crops(img, *self.eval_views(img, key))
 
 
 def crop_key(source: str | Path | Image.Image) -> str:

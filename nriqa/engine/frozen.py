@@ -84,7 +84,9 @@ class FeatureCache:
                  "model": {k: v for k, v in cfg.model.model_dump(mode="json").items()
                            if k not in head_only},
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
-                          settings.resize, cfg.data.small_image],
+                          settings.resize, cfg.data.small_image,
+                          # only when set, so the caches of runs without it keep their keys
+                          *(["test_flip"] if cfg.data.test_flip else [])],
                  "paths": [str(p) for p in table["path"]]}
         key = fingerprint(facts)
         return cls(Path(folder) / key, key, len(table))

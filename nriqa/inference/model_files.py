@@ -56,6 +56,7 @@ class ModelMeta(BaseModel):
     crop_size: int = Field(gt=0)
     test_patch_num: int = Field(ge=1)
     test_crops: Literal[TEST_CROP_POLICIES] = "grid"  # type: ignore[valid-type]
+    test_flip: bool = False  # absent in files written before nriqa had it
     resize: str = "none"
     small_image: Literal[SMALL_IMAGE_POLICIES] = "upscale"  # type: ignore[valid-type]
     # Absent only in files written before nriqa recorded it; then model.weights decides it.
@@ -88,6 +89,7 @@ def inference_meta(cfg: RunConfig, settings) -> dict:
         "crop_size": cfg.data.crop_size,
         "test_patch_num": settings.test_patch_num,
         "test_crops": cfg.data.test_crops,
+        "test_flip": cfg.data.test_flip,
         "resize": settings.resize,
         "small_image": cfg.data.small_image,
         "dataset": cfg.data.dataset,

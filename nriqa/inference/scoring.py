@@ -86,12 +86,12 @@ class Scorer:
                  test_crops: str = "grid", resize: str = "none", small_image: str = "upscale",
                  device: str | torch.device | None = None, batch_size: int = 8,
                  num_workers: int = 0, backend: str = "torch", session=None,
-                 policy: CropPolicy | None = None):
+                 policy: CropPolicy | None = None, test_flip: bool = False):
         """``backend="onnxruntime"`` runs ``session`` (an onnxruntime session of an exported
         graph) or, when it is None, the graph exported from ``model`` in memory."""
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
-        self.policy = policy or CropPolicy(crop_size, patch_num, test_crops, resize, small_image)
+        self.policy = policy or CropPolicy(crop_size, patch_num, test_crops, resize, small_image, test_flip)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.source = ""  # which model, in words (set by the constructors below)
         self.model = model.to(self.device).eval() if model is not None else None
@@ -115,7 +115,7 @@ class Scorer:
         """A scorer for an nriqa model file: ``.safetensors`` (either backend; torch unless
         ``backend`` says otherwise) or an ``.onnx`` file from ``nriqa export`` (onnxruntime).
         ``overrides``: ``batch_size``, ``num_workers``, or crop settings (``crop_size``,
-        ``patch_num``, ``test_crops``, ``resize``, ``small_image``) replacing the file's."""
+        ``patch_num``, ``test_crops``, ``resize``, ``small_image``, ``test_flip``) replacing the file's."""
         path = Path(path).expanduser()
         crop = {k: overrides.pop(k) for k in _POLICY_FIELDS if k in overrides}
         if path.suffix.lower() == ".onnx":
