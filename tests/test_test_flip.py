@@ -100,3 +100,19 @@ def test_the_cli_can_skip_the_mirrored_views(tmp_path):
         with open(out, newline="") as fh:
             (row,) = list(csv.DictReader(fh))
         assert float(row["score"]) == pytest.approx(expected[flip], abs=1e-6)
+
+
+def test_onnxruntime_scores_the_same_views(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nriqa.inference.export import export_model
+
+    path = photo(tmp_path / "a.png", (40, 36))
+    model = tiny_file(tmp_path / "flip.safetensors", True, patch_num=2)
+    torch_score = Scorer.from_checkpoint(model, device="cpu").score_paths([path])[0].score
+    in_memory = Scorer.from_checkpoint(model, device="cpu", backend="onnxruntime")
+    assert in_memory.policy.views == 4
+    assert in_memory.score_paths([path])[0].score == pytest.approx(torch_score, abs=1e-5)
+    onnx = export_model(model, "onnx", tmp_path / "flip.onnx")
+    exported = Scorer.from_checkpoint(onnx, device="cpu")
+    assert exported.policy.test_flip is True
+    assert exported.score_paths([path])[0].score == pytest.approx(torch_score, abs=1e-5)
