@@ -8,9 +8,10 @@ same crops:
    white, 16-bit scaled);
 2. resize by ``resize``, then make each side at least ``crop_size`` by ``small_image``;
 3. cut ``patch_num`` deterministic boxes by ``test_crops``; with ``test_flip`` each box is also
-   scored mirrored (left-right), so an image has ``views`` = 2 x ``patch_num`` test crops. ``"seeded"`` boxes are keyed by the
-   image's file *name* (not its folder): :func:`crop_key` gives that key for a path, and for a
-   ``PIL`` image opened from a file (its ``filename``); an image made in memory has the key ``""``.
+   scored mirrored (left-right), so an image has ``views`` = 2 x ``patch_num`` test crops.
+   ``"seeded"`` boxes are keyed by the image's file *name* (not its folder): :func:`crop_key`
+   gives that key for a path, and for a ``PIL`` image opened from a file (its ``filename``); an
+   image made in memory has the key ``""``.
 """
 
 from __future__ import annotations
