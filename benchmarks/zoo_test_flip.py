@@ -4,8 +4,9 @@ Scores one part of the model's split (BIQ2021's official split, as saved in
 ``benchmarks/results/zoo_biq2021_lite0_split.json``) with the model's own test view and with that
 view mirrored left-right, through onnxruntime with one thread, and reports SRCC / PLCC of the plain
 view and of the mean of both. Run it on ``val`` to choose; run it on ``test`` once for the chosen
-candidate, to report. Per-photo scores go to ``benchmarks/results/zoo_test_flip_PART.npz``, the
-table to ``zoo_test_flip_PART.{json,md}``.
+candidate, to report. Per-photo scores (plain view, mirrored view; rows of the label table, no
+labels) go to ``benchmarks/results/zoo_test_flip_PART.npz``, the table to
+``zoo_test_flip_PART.{json,md}``.
 
     python benchmarks/zoo_test_flip.py --root /path/to/BIQ2021 --part val
     python benchmarks/zoo_test_flip.py --root /path/to/BIQ2021 --part test
@@ -56,7 +57,7 @@ def main() -> None:
             print(f"{j}/{len(rows)} photos, {time.perf_counter() - t0:.0f} s", flush=True)
     labels = table["label"].to_numpy()[rows]
     name = f"zoo_test_flip_{args.part}" + (f"_first{args.limit}" if args.limit else "")
-    np.savez(RESULTS / f"{name}.npz", rows=rows, scores=scores, label=labels)
+    np.savez(RESULTS / f"{name}.npz", rows=rows, scores=scores)  # rows index the labels; no labels copied
     table_rows = []
     for view, pred in (("the model's view", scores[:, 0]), ("view + mirror (test_flip)", scores.mean(1))):
         m = evaluate(pred, labels)

@@ -88,14 +88,15 @@ def test_the_datasets_give_the_same_views_as_the_scorer(tmp_path):
     assert item["flip"].tolist() == [False, False, True, True]
 
 
-def test_the_cli_can_skip_the_mirrored_views(tmp_path):
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_cli_turns_the_mirrored_views_on_or_off(tmp_path, recorded):
     path = photo(tmp_path / "a.png", (40, 32))
-    model = tiny_file(tmp_path / "flip.safetensors", True)
+    model = tiny_file(tmp_path / "m.safetensors", recorded)
     expected = {flip: Scorer.from_checkpoint(model, device="cpu", test_flip=flip).score_paths([path])[0].score
                 for flip in (True, False)}
     assert expected[True] != pytest.approx(expected[False], abs=1e-6)
-    for extra, flip in (([], True), (["--no-test-flip"], False)):
-        out = tmp_path / f"out{flip}.csv"
+    for extra, flip in (([], recorded), (["--no-test-flip"], False), (["--test-flip"], True)):
+        out = tmp_path / f"out{extra}.csv"
         assert main(["score", str(path), "-m", str(model), "-o", str(out), "--quiet", *extra]) == 0
         with open(out, newline="") as fh:
             (row,) = list(csv.DictReader(fh))
