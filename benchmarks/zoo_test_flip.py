@@ -43,15 +43,13 @@ def main() -> None:
     table = load_labels("biq2021", str(args.root))
     rows = np.asarray(getattr(Split.from_json(args.split, table, args.root), args.part))[: args.limit]
     scorer = Scorer.from_pretrained(args.model, device="cpu", backend="onnxruntime")
-    # The model's own view, without the mirror whatever the file says: the plain view is the
-    # first crop, its mirror the second.
-    plain = replace(scorer.policy, test_flip=False)
+    # The model's own view and its mirror, as test_flip cuts them: one policy, two crops.
+    views = replace(scorer.policy, patch_num=1, test_flip=True)
     scores = np.zeros((len(rows), 2), np.float32)
     t0 = time.perf_counter()
     for j, i in enumerate(rows):
         with Image.open(table.path[i]) as img:
-            view = plain.crops(img, key=Path(table.path[i]).name)
-        crops = torch.cat([view, view.flip(-1)]).numpy()
+            crops = views.crops(img, key=Path(table.path[i]).name).numpy()
         scores[j] = scorer.session.run(None, {"crops": crops})[0].reshape(-1)
         if j % 250 == 0:
             print(f"{j}/{len(rows)} photos, {time.perf_counter() - t0:.0f} s", flush=True)

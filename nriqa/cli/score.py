@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image-decoding processes (0: one decoding thread beside the model)")
     parser.add_argument("--test-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="also score each test crop mirrored and average (twice the work), or "
-                             "not; default: as the model file says (biq2021-lite0: not; with it, "
-                             "BIQ2021 test PLCC 0.867 -> 0.869, docs/models.md)")
+                             "not; default: as the model file says (docs/models.md has what it "
+                             "changes for biq2021-lite0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -80,7 +80,8 @@ class IQADataset(Dataset):
 
     ``policy`` (:class:`~nriqa.data.policy.CropPolicy`) says how a file becomes crops: its crop
     size, resize and small-image policies in both modes, its ``patch_num``, ``test_crops`` and
-    ``test_flip`` in evaluation. The other arguments are training-only, except ``return_full`` / ``full_size``.
+    ``test_flip`` in evaluation. The other arguments are training-only, except ``return_full`` /
+    ``full_size``.
 
     Training (``train=True``): ``len = len(table) * repeats`` (DEIQT's PATCH_NUM: each image is
     visited ``repeats`` times an epoch); item ``i`` is image ``i % len(table)`` with
@@ -92,7 +93,8 @@ class IQADataset(Dataset):
 
     Evaluation (``train=False``): ``len = len(table)``; each item holds the policy's ``views``
     deterministic crops: ``patch_num`` boxes by its ``test_crops`` (``"grid"`` or ``"seeded"`` by
-    the file name), then, with ``test_flip``, the same boxes mirrored; ``repeats``, ``crops_per_item``, ``seed`` and ``hflip`` are not used.
+    the file name), then, with ``test_flip``, the same boxes mirrored; ``repeats``,
+    ``crops_per_item``, ``seed`` and ``hflip`` are not used.
 
     Each image is resized by the policy's ``resize`` (see :func:`~nriqa.data.resize.resize_image`),
     then made at least ``crop_size`` on each side by its ``small_image`` (see
