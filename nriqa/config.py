@@ -143,6 +143,7 @@ class OptimConfig(Section):
     schedule: Literal["step", "cosine", "constant"] = "step"
     grad_clip: Float | None = Field(5.0, description="grad-norm clip; None: off")
     loss_beta: Float = Field(1.0, gt=0, description="SmoothL1 beta")
+    ema_decay: Float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the trained weights (timm ModelEmaV3, this decay per step) and select, evaluate and export it; None: off. With trainer.feature_cache only")
 
 
 class QFMConfig(Section):

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,14 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from nriqa.config import RunConfig, save_config
 from nriqa.engine.checks import check_resumable, check_trainer_settings
-from nriqa.engine.data import DataSettings, eval_dataset, resolve_data_settings
+from nriqa.data.dataset import IQADataset
+from nriqa.data.policy import CropPolicy
+from nriqa.engine.data import DataSettings, resolve_data_settings
 from nriqa.engine.results import FitResult, predict_metrics, run_results, write_predictions
 from nriqa.engine.schedule import adamw, lr_at
 from nriqa.errors import ConfigError
@@ -77,7 +81,11 @@ class FeatureCache:
         self.manifest = folder / "manifest.json"
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, table: pd.DataFrame, settings: DataSettings, folder: Path):
+    def for_run(cls, cfg: RunConfig, table: pd.DataFrame, settings: DataSettings, folder: Path,
+                mirrored: bool | None = None):
+        """The cache of ``table`` under the run's test crops, each also mirrored when
+        ``mirrored`` (default: ``data.test_flip``)."""
+        mirrored = cfg.data.test_flip if mirrored is None else mirrored
         # Everything that changes what the frozen backbone gives; not the trained head's shape.
         head_only = {"width", "heads", "queries", "ffn_ratio", "dropout"}
         facts = {"format": CACHE_FORMAT,
@@ -86,10 +94,17 @@ class FeatureCache:
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
                           settings.resize, cfg.data.small_image,
                           # only when set, so the caches of runs without it keep their keys
-                          *(["test_flip"] if cfg.data.test_flip else [])],
+                          *(["test_flip"] if mirrored else [])],
                  "paths": [str(p) for p in table["path"]]}
         key = fingerprint(facts)
-        return cls(Path(folder) / key, key, len(table))
+        cache = cls(Path(folder) / key, key, len(table))
+        cache.mirrored = mirrored
+        return cache
+
+    def dataset(self, cfg: RunConfig, table: pd.DataFrame, settings: DataSettings) -> IQADataset:
+        """The images as this cache holds them: the test crops, then their mirrors if mirrored."""
+        policy = replace(CropPolicy.from_config(cfg, settings), test_flip=self.mirrored)
+        return IQADataset(table, train=False, policy=policy, seed=cfg.trainer.seed)
 
     def _state(self) -> dict:
         return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {"done": 0}
@@ -149,13 +164,17 @@ class CachedHead(nn.Module):
     def __init__(self, model: DEIQT):
         super().__init__()
         self.proj, self.decoder = model.backbone.proj, model.decoder
-        self.proj_global = getattr(model.backbone, "proj_global", self.proj)  # the stats readout's
+        # The stats readout's own projection; otherwise c goes through proj, which is then not
+        # registered twice (a shared module appears twice in state_dict, and timm's EMA, which
+        # walks state_dict, would update it twice per step).
+        if hasattr(model.backbone, "proj_global"):
+            self.proj_global = model.backbone.proj_global
 
     def forward(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,)`` the mean score over each image's K crops;
         the same computation as ``Backbone.project`` then the decoder."""
         b, k = glob.shape[:2]
-        c = self.proj_global(glob.flatten(0, 1).float())
+        c = getattr(self, "proj_global", self.proj)(glob.flatten(0, 1).float())
         p = self.proj(tokens.flatten(0, 1).float())
         return self.decoder(c, p).score.view(b, k).mean(1)
 
@@ -181,6 +200,12 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
     """DEIQT's loss, optimiser and schedule over cached features; returns the state with the best
     selection PLCC and the per-epoch log. Deterministic for a seed.
 
+    With ``data.hflip`` the training features hold each crop and then its mirror (``2K`` views);
+    every step draws, per crop, the plain or the mirrored view: the engine's random flip, over a
+    cache. Without it, each image's score is the mean over all its cached views. With
+    ``optim.ema_decay`` an exponential moving average of the weights (timm's ``ModelEmaV3``) is
+    what is evaluated, selected and returned.
+
     ``callbacks`` may follow the training (a progress bar): each hook a callback has is called,
     ``on_head_start(total_steps, epochs)``, ``on_head_step(epoch, loss)``,
     ``on_head_epoch_end(epoch, metrics)`` and ``on_head_end()``."""
@@ -197,6 +222,11 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
     gen = torch.Generator().manual_seed(cfg.trainer.seed)
     if o.epochs < 1:
         raise ConfigError("optim.epochs must be at least 1")
+    flip = cfg.data.hflip
+    if flip and g_tr.shape[1] % 2:
+        raise ConfigError("data.hflip=true needs the training features with their mirrored views")
+    ema = ModelEmaV3(head, decay=o.ema_decay) if o.ema_decay is not None else None
+    scored = ema.module if ema is not None else head
     best, best_plcc, history, step, selected = None, -math.inf, [], 0, 0
     _notify(callbacks, "on_head_start", o.epochs * steps_per_epoch, o.epochs)
     for epoch in range(o.epochs):
@@ -206,16 +236,21 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
             rows = order[i * bs:(i + 1) * bs]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps_per_epoch, o)
-            loss = loss_fn(head(g_tr[rows], t_tr[rows]), y_tr[rows])
+            g, t = g_tr[rows], t_tr[rows]
+            if flip:
+                g, t = _draw_views(g, t, gen)
+            loss = loss_fn(head(g, t), y_tr[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if o.grad_clip:
                 nn.utils.clip_grad_norm_(params, o.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update(head, step=step + 1)
             total += float(loss.detach())
             step += 1
             _notify(callbacks, "on_head_step", epoch, float(loss.detach()))
-        metrics = evaluate(_scores(head, g_sel, t_sel), y_sel.numpy())
+        metrics = evaluate(_scores(scored, g_sel, t_sel), y_sel.numpy())
         history.append({"epoch": epoch, "train_loss": total / steps_per_epoch,
                         "select_srcc": metrics["srcc"], "select_plcc": metrics["plcc"],
                         "seconds": time.time() - t0})
@@ -227,11 +262,20 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
                   f"selection SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}", flush=True)
         if best is None or metrics["plcc"] > best_plcc:  # NaN never wins, but epoch 0 is kept
             best_plcc, selected = metrics["plcc"], epoch
-            best = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            best = {k: v.detach().clone() for k, v in scored.state_dict().items()}
     _notify(callbacks, "on_head_end")
     for h in history:
         h["selected"] = h["epoch"] == selected
     return best, history
+
+
+def _draw_views(glob: torch.Tensor, tokens: torch.Tensor, gen: torch.Generator):
+    """From ``2K`` views (K crops, then their K mirrors) keep, per image and crop, one of the
+    two at random."""
+    b, k = glob.shape[0], glob.shape[1] // 2
+    pick = torch.arange(k) + k * (torch.rand(b, k, generator=gen) < 0.5).long()
+    rows = torch.arange(b)[:, None]
+    return glob[rows, pick], tokens[rows, pick]
 
 
 def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None,
@@ -251,8 +295,10 @@ def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, sp
     features = {}
     for name in ("train", "select"):
         table = parts[name]
-        cache = FeatureCache.for_run(cfg, table, settings, folder)
-        cache.fill(model, eval_dataset(cfg, table, settings), cfg.data.eval_batch_size,
+        # Training images are cached mirrored too when the run flips them (data.hflip).
+        mirrored = cfg.data.test_flip or (name == "train" and cfg.data.hflip)
+        cache = FeatureCache.for_run(cfg, table, settings, folder, mirrored)
+        cache.fill(model, cache.dataset(cfg, table, settings), cfg.data.eval_batch_size,
                    cfg.data.num_workers, cfg.trainer.progress_bar)
         glob, tokens = cache.load()
         features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))

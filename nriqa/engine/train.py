@@ -158,6 +158,9 @@ def fit_parts(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: str | Pat
     out_dir = Path(out_dir)
     if cfg.trainer.feature_cache:
         return fit_frozen(cfg, parts, out_dir, split, callbacks)
+    if cfg.optim.ema_decay is not None:
+        raise ConfigError("optim.ema_decay is supported with trainer.feature_cache=true only "
+                          "(the cached-feature head trainer); unset it for this run")
     check_trainer_settings(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
     resume = cfg.trainer.resume and last.is_file()
