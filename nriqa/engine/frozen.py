@@ -10,6 +10,11 @@ every matrix (the panel queries included), and the loss is on each image's mean 
 same as the engine's per-crop loss when, as for the shipped model, each image has one crop).
 This is how nriqa's shipped model is trained on 2 CPU cores (docs/models.md).
 
+Two things an engine run does are done over the cache too. ``data.hflip``: the training images are
+cached with their test crops and those crops mirrored (twice the backbone passes), and every step
+draws one of the two per crop, as the engine's random flip would. ``optim.ema_decay``: a moving
+average of the head's weights (timm's ``ModelEmaV3``) is what is selected and exported.
+
 The cache (``<output_dir>/features`` unless ``trainer.feature_cache_dir`` is set) is keyed by the
 backbone, its weights, the crop policy and the image list, filled in chunks and resumable: a killed
 run continues from the last finished chunk, and the decoder training that follows (minutes) is
