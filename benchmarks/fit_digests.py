@@ -27,7 +27,7 @@ RUNS = {
     "qfm+lml": ["method.name=qfm+lml", "method.lml.crops=2", "method.qfm.teacher=false"],
     "lml-ema-best": ["method.name=lml", "method.lml.crops=2", "method.lml.infer_with=best"],
     "frozen": ["model.freeze=['*']", "model.freeze_bn=true", "trainer.feature_cache=true",
-               "data.patch_num=1", "data.test_patch_num=1", "data.test_crops=grid"],
+               "data.patch_num=1", "data.test_patch_num=1", "data.test_crops=grid", "data.hflip=false"],
     "paper": ["split.protocol=paper"],
     "qfm-pseudo-adv": ["method.name=qfm", "method.qfm.matching=adversarial",
                        "method.qfm.pseudo_label_dir=IMAGES", "method.qfm.pseudo_per_step=2"],

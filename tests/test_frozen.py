@@ -20,7 +20,7 @@ from nriqa.models import DEIQT
 
 FROZEN = ["model.backbone=test_efficientnet", "model.img_size=null", "model.backbone_kwargs={}",
           "model.freeze=['*']", "model.freeze_bn=true", "trainer.feature_cache=true",
-          "data.patch_num=2", "optim.epochs=3", "optim.lr=1e-3"]
+          "data.patch_num=2", "optim.epochs=3", "optim.lr=1e-3", "data.hflip=false"]
 
 
 @pytest.fixture(scope="module")

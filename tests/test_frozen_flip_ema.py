@@ -66,12 +66,26 @@ def test_hflip_caches_the_training_images_mirrored(tmp_path, table):
 def test_hflip_changes_the_training_and_stays_deterministic(tmp_path, table):
     split = make_split(table, mode="honest", seed=0)
     states = {}
-    for name, flip in (("plain", "false"), ("flip", "true"), ("flip2", "true")):
-        cfg = tiny_config(tmp_path, *FROZEN, f"data.hflip={flip}")
+    runs = {"plain": ["data.hflip=false"], "flip": ["data.hflip=true"], "flip2": ["data.hflip=true"],
+            # the same 2K-view cache, every view averaged: what hflip must not reduce to
+            "mean": ["data.hflip=false", "data.test_flip=true"]}
+    for name, extra in runs.items():
+        cfg = tiny_config(tmp_path, *FROZEN, *extra)
         states[name] = load_model(fit(cfg, table, split, tmp_path / name).model_path)[0].state_dict()
     key = "decoder.queries"
     assert torch.equal(states["flip"][key], states["flip2"][key])
     assert not torch.equal(states["flip"][key], states["plain"][key])
+    assert not torch.equal(states["flip"][key], states["mean"][key])
+
+
+def test_hflip_refuses_features_without_mirrors(tmp_path):
+    cfg = tiny_config(tmp_path, *FROZEN, "data.hflip=true")  # 2 test crops: 4 views expected
+    head_model = DEIQT.from_config(cfg.model).eval()
+    with torch.no_grad():
+        g, t = head_model.backbone.raw_features(torch.rand(8, 3, 32, 32))
+    plain = (g.view(4, 2, -1).half(), t.view(4, 2, *t.shape[1:]).half(), torch.rand(4))
+    with pytest.raises(ConfigError, match=r"mirrored views \(4 per image\), not 2"):
+        frozen.train_head(cfg, frozen.CachedHead(head_model), plain, plain)
 
 
 def test_ema_is_the_moving_average_of_the_trained_weights(tmp_path, table):
@@ -93,11 +107,16 @@ def test_ema_is_the_moving_average_of_the_trained_weights(tmp_path, table):
                 by_hand[k] = v if k not in by_hand else decay * by_hand[k] + (1 - decay) * v
 
     best, history = frozen.train_head(cfg, head, feats, feats, callbacks=(Follow(),))
+    last = {k: v.detach().clone() for k, v in head.state_dict().items()}
     assert len(history) == 1
     for k, v in best.items():
         torch.testing.assert_close(v.float(), by_hand[k], atol=1e-6, rtol=1e-5)
+    # the epoch was judged on the average: its selection PLCC is the returned weights'
+    head.load_state_dict(best)
+    averaged = frozen.evaluate(frozen._scores(head, feats[0], feats[1]), feats[2].numpy())
+    assert history[0]["select_plcc"] == pytest.approx(averaged["plcc"], abs=1e-6)
     # and it is not the last weights themselves
-    assert not torch.allclose(best["decoder.queries"], head.state_dict()["decoder.queries"])
+    assert not torch.allclose(best["decoder.queries"], last["decoder.queries"])
 
 
 def test_ema_selects_and_exports_the_average(tmp_path, table):

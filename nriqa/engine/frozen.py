@@ -81,6 +81,8 @@ def check_frozen(cfg: RunConfig) -> None:
 class FeatureCache:
     """The frozen backbone's ``c`` and ``P`` for every crop of every image of a table, on disk."""
 
+    mirrored = False  # each crop also mirrored (set by for_run)
+
     def __init__(self, folder: Path, key: str, n_items: int):
         self.folder, self.key, self.n_items = folder, key, n_items
         self.manifest = folder / "manifest.json"
@@ -228,8 +230,10 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
     if o.epochs < 1:
         raise ConfigError("optim.epochs must be at least 1")
     flip = cfg.data.hflip
-    if flip and g_tr.shape[1] % 2:
-        raise ConfigError("data.hflip=true needs the training features with their mirrored views")
+    views = 2 * resolve_data_settings(cfg).test_patch_num
+    if flip and g_tr.shape[1] != views:
+        raise ConfigError(f"data.hflip=true needs the training features with their mirrored views "
+                          f"({views} per image), not {g_tr.shape[1]}: cache them with mirrored=True")
     ema = ModelEmaV3(head, decay=o.ema_decay) if o.ema_decay is not None else None
     scored = ema.module if ema is not None else head
     best, best_plcc, history, step, selected = None, -math.inf, [], 0, 0
