@@ -31,8 +31,9 @@ from nriqa.config import load_config
 from nriqa.data.registry import load_labels
 from nriqa.data.splits import Split
 from nriqa.engine.data import resolve_data_settings
-from nriqa.engine.frozen import CachedHead, FeatureCache, train_head
+from nriqa.engine.frozen import CachedHead, FeatureCache, _scores, train_head
 from nriqa.engine.train import split_parts
+from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
 
 RECIPE = "zoo_biq2021_lite0"
@@ -97,28 +98,42 @@ def main() -> None:
             torch.manual_seed(seed)
             head = CachedHead(DEIQT.from_config(run_cfg.model))
             t0 = time.perf_counter()
-            _, history = train_head(run_cfg, head, (g, t, y), features["select"])
+            best, history = train_head(run_cfg, head, (g, t, y), features["select"])
             chosen = next(h for h in history if h["selected"])
             last = history[-1]
             per_seed.append({"seed": seed, "select_srcc": chosen["select_srcc"],
                              "select_plcc": chosen["select_plcc"], "selected_epoch": chosen["epoch"],
                              "last_srcc": last["select_srcc"], "last_plcc": last["select_plcc"],
                              "seconds": time.perf_counter() - t0})
+            if run_cfg.data.test_flip:  # the same weights scored on the plain views alone
+                head.load_state_dict(best)
+                g_sel, t_sel, y_sel = features["select"]
+                k = g_sel.shape[1] // 2
+                plain = evaluate(_scores(head, g_sel[:, :k], t_sel[:, :k]), y_sel.numpy())
+                per_seed[-1] |= {"plain_srcc": plain["srcc"], "plain_plcc": plain["plcc"]}
             log.append({"candidate": name, "seed": seed, "history": history})
             print(name, json.dumps(per_seed[-1]), flush=True)
         row = {"candidate": name, "overrides": " ".join(overrides), "n_train": len(y),
                "seeds": len(per_seed)}
-        for key in ("select_srcc", "select_plcc", "last_srcc", "last_plcc"):
+        for key in ("select_srcc", "select_plcc", "last_srcc", "last_plcc", "plain_srcc", "plain_plcc"):
+            if key not in per_seed[0]:
+                continue
             values = np.array([s[key] for s in per_seed])
             row[key] = float(values.mean())
             row[key + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         row["per_seed"] = per_seed
         rows.append(row)
-    head = (f"Head candidates for {RECIPE}, BIQ2021 validation part ({len(features['select'][2])} "
-            f"photos), training part {len(y)} photos; mean over seeds {args.seeds}. "
-            "select_*: the epoch of best validation PLCC; last_*: the last epoch.\n\n")
+        write_table(args, rows, log, len(features["select"][2]), len(y))
+
+
+def write_table(args, rows: list[dict], log: list[dict], n_select: int, n_train: int) -> None:
+    """The results so far (rewritten after each candidate, so a stopped search keeps them)."""
+    head = (f"Head candidates for {RECIPE}, BIQ2021 validation part ({n_select} "
+            f"photos), training part {n_train} photos; mean over seeds {args.seeds}. "
+            "select_*: the epoch of best validation PLCC; last_*: the last epoch; plain_*: the "
+            "selected weights scored on the plain views only (when data.test_flip).\n\n")
     cols = ["candidate", "overrides", "n_train", "seeds", "select_srcc", "select_plcc", "select_plcc_std",
-            "last_srcc", "last_plcc", "last_plcc_std"]
+            "last_srcc", "last_plcc", "last_plcc_std", "plain_srcc", "plain_plcc"]
     write_results(args.name, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                               "histories": log}, head + markdown(rows, cols))
 

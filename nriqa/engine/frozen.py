@@ -35,15 +35,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from nriqa.config import RunConfig, save_config
-from nriqa.engine.checks import check_resumable, check_trainer_settings
 from nriqa.data.dataset import IQADataset
 from nriqa.data.policy import CropPolicy
+from nriqa.engine.checks import check_resumable, check_trainer_settings
 from nriqa.engine.data import DataSettings, resolve_data_settings
 from nriqa.engine.results import FitResult, predict_metrics, run_results, write_predictions
 from nriqa.engine.schedule import adamw, lr_at
