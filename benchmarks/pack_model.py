@@ -101,7 +101,7 @@ def main() -> None:
                               "queries", "freeze", "freeze_bn")}, "parameters": n_params},
         "input_policy": {"resize": meta["resize"], "crop_size": meta["crop_size"],
                          "test_crops": meta["test_crops"], "test_patch_num": meta["test_patch_num"],
-                         "small_image": meta["small_image"],
+                         "small_image": meta["small_image"], "test_flip": meta.get("test_flip", False),
                          "scores": "[0, 1] on BIQ2021's MOS scale, higher = better"},
         "training_data": {"dataset": "BIQ2021", "part": "official training split (10,000 photos)",
                           "sizes": results["sizes"], "split": results.get("split"),
@@ -122,7 +122,8 @@ def main() -> None:
             "trained on BIQ2021 only: 512 px photos of everyday scenes with authentic distortions; "
             "not tested on synthetic-distortion sets, screen content, AI-generated images, "
             "medical or document images",
-            "sees one 512 x 512 centre crop of the photo resized to a 512 px short side: content "
+            "sees one 512 x 512 centre crop of the photo resized to a 512 px short side (with "
+            "test_flip, that crop and its mirror): content "
             "outside the centre of a wide panorama is not seen; detail finer than 1/512 of the "
             "short side is lost in the resize",
             "scores are on BIQ2021's MOS scale and comparable within that scale only",

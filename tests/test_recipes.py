@@ -42,9 +42,19 @@ def test_the_recipes_are_one_per_method_plus_the_cpu_ones():
     assert len(BEFORE) == 37 and sum(renamed_recipe(n) is not None for n in BEFORE) == 32
 
 
+# Deliberate changes to a recipe since then, each with its reason; everything else must stay.
+CHANGED_SINCE = {
+    # the shipped model's second version (docs/models.md): head recipe chosen on validation
+    "zoo_biq2021_lite0": {"data": {"hflip": True, "test_flip": True}, "optim": {"ema_decay": 0.998}},
+}
+
+
 @pytest.mark.parametrize("old", sorted(BEFORE))
 def test_every_old_recipe_resolves_as_before(old, caplog):
-    expected = resolved(RunConfig.model_validate(BEFORE[old]))
+    raw = BEFORE[old]
+    for section, fields in CHANGED_SINCE.get(old, {}).items():
+        raw = raw | {section: raw.get(section, {}) | fields}
+    expected = resolved(RunConfig.model_validate(raw))
     renamed = renamed_recipe(old)
     if renamed is None:
         assert resolved(load_config(old)) == expected
