@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--model", default="biq2021-lite0")
     ap.add_argument("--split", type=Path, default=RESULTS / "zoo_biq2021_lite0_split.json")
     ap.add_argument("--limit", type=int, help="only the first N photos (a quick check)")
+    ap.add_argument("--name", help="results name (default zoo_test_flip_PART)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -54,7 +55,7 @@ def main() -> None:
         if j % 250 == 0:
             print(f"{j}/{len(rows)} photos, {time.perf_counter() - t0:.0f} s", flush=True)
     labels = table["label"].to_numpy()[rows]
-    name = f"zoo_test_flip_{args.part}" + (f"_first{args.limit}" if args.limit else "")
+    name = args.name or f"zoo_test_flip_{args.part}" + (f"_first{args.limit}" if args.limit else "")
     np.savez(RESULTS / f"{name}.npz", rows=rows, scores=scores)  # rows index the labels; no labels copied
     table_rows = []
     for view, pred in (("the model's view", scores[:, 0]), ("view + mirror (test_flip)", scores.mean(1))):
