@@ -9,8 +9,6 @@ SRCC / PLCC on the **validation part only**. The official test part is never loa
 candidate chosen goes into the recipe, and the recipe's own run scores the test part once.
 
 Each candidate is a list of config overrides on top of the recipe, e.g. ``optim.ema_decay=0.999``.
-``--train-fraction`` trains on the first share of the (shuffled) training part instead, for a
-learning curve: how much would 1/8 more photos be worth?
 
     python benchmarks/zoo_head_search.py --root /path/to/BIQ2021 --cache runs/zoo_cache \\
         --candidate base: --candidate ema999:optim.ema_decay=0.999 --seeds 0 1 2
@@ -31,29 +29,12 @@ from nriqa.config import load_config
 from nriqa.data.registry import load_labels
 from nriqa.data.splits import Split
 from nriqa.engine.data import resolve_data_settings
-from nriqa.engine.frozen import CachedHead, FeatureCache, _scores, train_head
+from nriqa.engine.frozen import CachedHead, _scores, cached_features, train_head
 from nriqa.engine.train import split_parts
 from nriqa.metrics import evaluate
 from nriqa.models import DEIQT
 
 RECIPE = "zoo_biq2021_lite0"
-
-
-def cached_features(cfg, parts: dict, cache: Path) -> dict:
-    """``(c, P, labels)`` of the train and validation parts, computing what the cache lacks."""
-    settings = resolve_data_settings(cfg)
-    model = DEIQT.from_config(cfg.model)
-    features = {}
-    for name in ("train", "select"):
-        table = parts[name]
-        # as fit_frozen caches them: the training images also mirrored when flipped in training
-        store = FeatureCache.for_run(cfg, table, settings, cache,
-                                     cfg.data.test_flip or (name == "train" and cfg.data.hflip))
-        store.fill(model, store.dataset(cfg, table, settings), cfg.data.eval_batch_size,
-                   cfg.data.num_workers, True)
-        glob, tokens = store.load()
-        features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))
-    return features
 
 
 def parse_candidate(text: str) -> tuple[str, list[str]]:
@@ -69,7 +50,6 @@ def main() -> None:
     ap.add_argument("--candidate", action="append", default=[],
                     help="NAME:override,override,...  (NAME: alone is the recipe as it is)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--train-fraction", type=float, default=1.0)
     ap.add_argument("--name", default="zoo_head_search")
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every candidate (and the cache)")
     ap.add_argument("--fill-only", action="store_true", help="fill the cache and stop")
@@ -81,14 +61,13 @@ def main() -> None:
     table = load_labels("biq2021", str(args.root))
     parts = split_parts(table, Split.from_json(args.split, table, args.root), "honest")
     parts.pop("test")  # never scored here
-    features = cached_features(cfg, parts, args.cache)
+    # the recipe's own cache, filled as fit_frozen fills it (with a progress bar)
+    fill_cfg = load_config(RECIPE, [*base, "trainer.progress_bar=true"])
+    features = cached_features(fill_cfg, parts, args.cache, DEIQT.from_config(cfg.model),
+                               resolve_data_settings(cfg))
     if args.fill_only:
         return
     g, t, y = features["train"]
-    if args.train_fraction < 1:
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
-        keep = keep[: int(round(args.train_fraction * len(y)))].sort().values
-        g, t, y = g[keep], t[keep], y[keep]
     rows, log = [], []
     for text in args.candidate or ["recipe:"]:
         name, overrides = parse_candidate(text)

@@ -287,6 +287,23 @@ def _draw_views(glob: torch.Tensor, tokens: torch.Tensor, gen: torch.Generator):
     return glob[rows, pick], tokens[rows, pick]
 
 
+def cached_features(cfg: RunConfig, parts: dict[str, pd.DataFrame], folder: Path, model: DEIQT,
+                    settings: DataSettings) -> dict:
+    """``(c, P, labels)`` of the train and select parts, computing what the cache lacks. The
+    training images are cached mirrored too when the run flips them (``data.hflip``); both parts
+    when it scores them mirrored (``data.test_flip``)."""
+    features = {}
+    for name in ("train", "select"):
+        table = parts[name]
+        mirrored = cfg.data.test_flip or (name == "train" and cfg.data.hflip)
+        cache = FeatureCache.for_run(cfg, table, settings, folder, mirrored)
+        cache.fill(model, cache.dataset(cfg, table, settings), cfg.data.eval_batch_size,
+                   cfg.data.num_workers, cfg.trainer.progress_bar)
+        glob, tokens = cache.load()
+        features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))
+    return features
+
+
 def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, split=None,
                callbacks: tuple = ()):
     """Like :func:`nriqa.engine.train.fit_parts`, for a frozen backbone: cache, train, select,
@@ -300,17 +317,7 @@ def fit_frozen(cfg: RunConfig, parts: dict[str, pd.DataFrame], out_dir: Path, sp
     settings = resolve_data_settings(cfg)
     torch.manual_seed(cfg.trainer.seed)
     model = DEIQT.from_config(cfg.model)
-    folder = cache_folder(cfg, out_dir)
-    features = {}
-    for name in ("train", "select"):
-        table = parts[name]
-        # Training images are cached mirrored too when the run flips them (data.hflip).
-        mirrored = cfg.data.test_flip or (name == "train" and cfg.data.hflip)
-        cache = FeatureCache.for_run(cfg, table, settings, folder, mirrored)
-        cache.fill(model, cache.dataset(cfg, table, settings), cfg.data.eval_batch_size,
-                   cfg.data.num_workers, cfg.trainer.progress_bar)
-        glob, tokens = cache.load()
-        features[name] = (glob, tokens, torch.tensor(table["label"].to_numpy(), dtype=torch.float32))
+    features = cached_features(cfg, parts, cache_folder(cfg, out_dir), model, settings)
     head = CachedHead(model)
     best, history = train_head(cfg, head, features["train"], features["select"], callbacks)
     head.load_state_dict(best)
