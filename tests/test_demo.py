@@ -78,11 +78,12 @@ def test_tiny_demo_on_cached_frozen_features_shares_one_cache_between_probe_and_
     out = tmp_path / "run"
     frozen = ["model.backbone=test_efficientnet", "model.img_size=null", "model.backbone_kwargs={}",
               "model.readout=stats", "model.freeze=['*']", "model.freeze_bn=true",
-              "trainer.feature_cache=true", "data.test_patch_num=1", "data.hflip=false"]
+              "trainer.feature_cache=true", "data.test_patch_num=2", "data.hflip=false",
+              "model.stats_stages=2"]
     assert main(["demo", "--tiny", "--output-dir", str(out), *frozen]) == 0
     captured = capsys.readouterr()
     assert "backbone frozen (untrained features, computed once and cached)" in captured.out
-    assert re.search(r"method\s+2 epoch\(s\) x \d+ steps of 8 cached 32 px crops", captured.out)
+    assert re.search(r"method\s+2 epoch\(s\) x \d+ steps of 8 images x 2 cached 32 px crops", captured.out)
     assert re.search(r"trained model\s+SRCC -?\d\.\d{3}", captured.out)
     assert "features  " in captured.out
     assert re.search(r"epoch 2/2.*loss \d\.\d{4}, val SRCC -?\d\.\d{3}", captured.err)

@@ -34,8 +34,9 @@ def test_needs_a_fully_frozen_backbone(tmp_path, table):
         fit(cfg, table, make_split(table, mode="honest", seed=0), tmp_path / "run")
 
 
-@pytest.mark.parametrize("readout", [[], ["model.readout=stats", "model.token_pool=2"]],
-                         ids=["default", "stats"])
+@pytest.mark.parametrize("readout", [[], ["model.readout=stats", "model.token_pool=2"],
+                                     ["model.readout=stats", "model.stats_stages=2"]],
+                         ids=["default", "stats", "stats-stages"])
 def test_trains_selects_and_tests_the_exported_network(tmp_path, table, readout):
     cfg = tiny_config(tmp_path, *FROZEN, *readout)
     split = make_split(table, mode="honest", seed=0)
@@ -119,3 +120,33 @@ def test_checks_trainer_settings_and_resume_before_writing(tmp_path, table):
     changed = tiny_config(tmp_path, *FROZEN, "optim.epochs=1", "optim.lr=1e-2", "trainer.resume=true")
     with pytest.raises(ConfigError, match=r"cannot resume with a different config: optim.lr"):
         fit(changed, table, split, tmp_path / "run")
+
+
+def test_every_cached_crop_is_trained_against_its_images_label(tmp_path):
+    """The first step's loss (before any update) is the mean over images and crops of each crop's
+    loss against the image's label, not the loss of the image's mean crop score."""
+    cfg = tiny_config(tmp_path, *FROZEN, "optim.epochs=1", "data.batch_size=6")
+    model = DEIQT.from_config(cfg.model).eval()
+    head = frozen.CachedHead(model)
+    n, k = 6, 2
+    with torch.no_grad():
+        g, t = model.backbone.raw_features(torch.rand(n * k, 3, 32, 32))
+    g, t = g.view(n, k, -1), t.view(n, k, *t.shape[1:])
+    g[:, 1] += 3.0  # the second crop looks very different from the first
+    g, t, y = g.half(), t.half(), torch.rand(n)
+    with torch.no_grad():
+        crops = head.crop_scores(g, t)
+    assert not torch.allclose(crops[:, 0], crops[:, 1])  # the two crops score differently
+    torch.testing.assert_close(head(g, t), crops.mean(1))
+    seen = []
+
+    class First:
+        def on_head_step(self, epoch, loss):
+            seen.append(loss)
+
+    frozen.train_head(cfg, head, (g, t, y), (g, t, y), callbacks=(First(),))
+    loss = torch.nn.SmoothL1Loss(beta=cfg.optim.loss_beta)
+    per_crop = float(loss(crops, y[:, None].expand(n, k)))
+    image_mean = float(loss(crops.mean(1), y))
+    assert seen[0] == pytest.approx(per_crop, rel=1e-6)
+    assert per_crop - image_mean > 100 * 1e-6 * per_crop  # the two rules are told apart

@@ -100,17 +100,23 @@ def test_ema_is_the_moving_average_of_the_trained_weights(tmp_path, table):
     feats = (g.view(n, 2, -1).half(), t.view(n, 2, *t.shape[1:]).half(), torch.rand(n))
     by_hand = {}
 
+    evaluated = []
+
     class Follow:  # the EMA by hand, from the weights after each optimiser step
         def on_head_step(self, epoch, loss):
             now = {k: v.detach().clone().float() for k, v in head.state_dict().items()}
             for k, v in now.items():
                 by_hand[k] = v if k not in by_hand else decay * by_hand[k] + (1 - decay) * v
 
+        def on_head_epoch_model(self, epoch, scored):  # what is evaluated: the average
+            evaluated.append({k: v.detach().clone() for k, v in scored.state_dict().items()})
+
     best, history = frozen.train_head(cfg, head, feats, feats, callbacks=(Follow(),))
     last = {k: v.detach().clone() for k, v in head.state_dict().items()}
-    assert len(history) == 1
+    assert len(history) == 1 and len(evaluated) == 1
     for k, v in best.items():
         torch.testing.assert_close(v.float(), by_hand[k], atol=1e-6, rtol=1e-5)
+        assert torch.equal(evaluated[0][k], v)
     # the epoch was judged on the average: its selection PLCC is the returned weights'
     head.load_state_dict(best)
     averaged = frozen.evaluate(frozen._scores(head, feats[0], feats[1]), feats[2].numpy())

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from nriqa.config import ModelConfig
-from nriqa.errors import WeightsError
+from nriqa.errors import ConfigError, WeightsError
 from nriqa.models import DEIQT, Backbone, PanelDecoder
 from nriqa.models.weights import apply_weights, create_net, read_state_dict
 
@@ -70,6 +70,34 @@ def test_cnn_tokens_are_flattened_feature_map_with_projection():
     assert torch.allclose(c, bb.proj(fmap.mean((2, 3))), atol=1e-5)
     with pytest.raises(ValueError, match="CLS"):
         bb.cls_attention(x)
+
+
+def test_stats_stages_keeps_the_first_stages_statistics_and_drops_the_rest():
+    torch.manual_seed(0)
+    full = Backbone("test_efficientnet", width=32, readout="stats").eval()
+    two = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2).eval()
+    two.net.load_state_dict(full.net.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    glob_full, tokens_full = full.raw_features(x)
+    glob_two, tokens_two = two.raw_features(x)
+    # by hand: each of the first two stages' per-channel mean, then its std
+    maps = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: maps.append(out)) for m in two.net.blocks[:2]]
+    two.net.forward_features(two.normalise(x))
+    for h in hooks:
+        h.remove()
+    expected = torch.cat([torch.cat([m.mean((2, 3)), m.std((2, 3))], 1) for m in maps], 1)
+    assert torch.allclose(glob_two, expected, atol=1e-6)
+    assert two.proj_global.in_features == glob_two.shape[1] == expected.shape[1]
+    # the same numbers the full readout starts with; the tokens (last map) unchanged
+    assert torch.allclose(glob_full[:, :expected.shape[1]], expected, atol=1e-6)
+    assert glob_full.shape[1] > glob_two.shape[1]
+    assert torch.equal(tokens_full, tokens_two)
+    assert two(x)[0].shape == (2, 32)
+    with pytest.raises(ConfigError, match="stats_stages=99"):
+        Backbone("test_efficientnet", readout="stats", stats_stages=99)
+    with pytest.raises(ConfigError, match="needs model.readout=stats"):
+        Backbone("test_efficientnet", stats_stages=2)
 
 
 def test_uint8_and_float_inputs_agree_and_normalisation_is_the_backbones():

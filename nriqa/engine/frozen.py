@@ -4,10 +4,11 @@ When the whole backbone is frozen (``model.freeze=['*']`` with ``model.freeze_bn
 image is seen through the same deterministic crops in training as in evaluation, the backbone gives
 the same output for an image at every epoch. Computing it once and training the projections and the
 attention-panel decoder on the cache costs a fraction of an engine run: on a CPU the backbone's
-forward pass is nearly all of a step. The loop is the engine's loss, AdamW and schedule, with two
-differences, both kept so the shipped model stays exactly reproducible: weight decay applies to
-every matrix (the panel queries included), and the loss is on each image's mean crop score (the
-same as the engine's per-crop loss when, as for the shipped model, each image has one crop).
+forward pass is nearly all of a step. The loop is the engine's loss, AdamW and schedule, with one
+difference, kept so the shipped model stays exactly reproducible: weight decay applies to every
+matrix (the panel queries included). As in the engine, the loss is on every crop's score against
+its image's label (an image cached through several crops, e.g. a grid of small ones, teaches the
+decoder that what differs between the crops of one image, its content, is not its quality).
 This is how nriqa's shipped model is trained on 2 CPU cores (docs/models.md).
 
 Two things an engine run does are done over the cache too. ``data.hflip``: the training images are
@@ -177,13 +178,17 @@ class CachedHead(nn.Module):
         if hasattr(model.backbone, "proj_global"):
             self.proj_global = model.backbone.proj_global
 
-    def forward(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,)`` the mean score over each image's K crops;
-        the same computation as ``Backbone.project`` then the decoder."""
+    def crop_scores(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``c (B,K,C)``, ``P (B,K,T,C)`` -> ``(B,K)`` each crop's score; the same computation as
+        ``Backbone.project`` then the decoder."""
         b, k = glob.shape[:2]
         c = getattr(self, "proj_global", self.proj)(glob.flatten(0, 1).float())
         p = self.proj(tokens.flatten(0, 1).float())
-        return self.decoder(c, p).score.view(b, k).mean(1)
+        return self.decoder(c, p).score.view(b, k)
+
+    def forward(self, glob: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the mean score over each image's K crops, as the exported model scores."""
+        return self.crop_scores(glob, tokens).mean(1)
 
 
 def _scores(head: CachedHead, glob, tokens, batch: int = 64) -> np.ndarray:
@@ -209,12 +214,14 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
 
     With ``data.hflip`` the training features hold each crop and then its mirror (``2K`` views);
     every step draws, per crop, the plain or the mirrored view: the engine's random flip, over a
-    cache. Without it, each image's score is the mean over all its cached views. With
+    cache. Without it, every cached view is trained on (each crop's score against the image's
+    label) and an image's selection score is the mean over its views. With
     ``optim.ema_decay`` an exponential moving average of the weights (timm's ``ModelEmaV3``) is
     what is evaluated, selected and returned.
 
     ``callbacks`` may follow the training (a progress bar): each hook a callback has is called,
     ``on_head_start(total_steps, epochs)``, ``on_head_step(epoch, loss)``,
+    ``on_head_epoch_model(epoch, head)`` (the head as evaluated: the EMA when on),
     ``on_head_epoch_end(epoch, metrics)`` and ``on_head_end()``."""
     (g_tr, t_tr, y_tr), (g_sel, t_sel, y_sel) = train, select
     torch.manual_seed(cfg.trainer.seed)
@@ -248,7 +255,8 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
             g, t = g_tr[rows], t_tr[rows]
             if flip:
                 g, t = _draw_views(g, t, gen)
-            loss = loss_fn(head(g, t), y_tr[rows])
+            scores = head.crop_scores(g, t)  # every crop against its image's label
+            loss = loss_fn(scores, y_tr[rows, None].expand_as(scores))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if o.grad_clip:
@@ -259,6 +267,7 @@ def train_head(cfg: RunConfig, head: CachedHead, train, select,
             total += float(loss.detach())
             step += 1
             _notify(callbacks, "on_head_step", epoch, float(loss.detach()))
+        _notify(callbacks, "on_head_epoch_model", epoch, scored)
         metrics = evaluate(_scores(scored, g_sel, t_sel), y_sel.numpy())
         history.append({"epoch": epoch, "train_loss": total / steps_per_epoch,
                         "select_srcc": metrics["srcc"], "select_plcc": metrics["plcc"],

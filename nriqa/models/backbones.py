@@ -75,7 +75,8 @@ def _channels(stage: nn.Module) -> int:
 class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
                  img_size: int | None = None, trained_with: str | None = None,
-                 readout: str = "default", token_pool: int = 1, **timm_kwargs):
+                 readout: str = "default", token_pool: int = 1, stats_stages: int | None = None,
+                 **timm_kwargs):
         """``trained_with`` names the weights the network was trained from when they differ from
         ``weights`` (a checkpoint rebuilt with ``weights="none"``): it fixes the input
         normalisation, which belongs to the pretrained weights, not to the loading path."""
@@ -98,9 +99,19 @@ class Backbone(nn.Module):
         if readout == "stats":
             if self.is_vit:
                 raise ConfigError(f"model.readout=stats needs a CNN backbone; {name} is a transformer")
-            self.stat_modules = _stage_modules(self.net)
-            stats_dim = 2 * (sum(_channels(m) for m in self.stat_modules) + self.feature_dim)
+            stages = _stage_modules(self.net)
+            if stats_stages is not None and not 0 < stats_stages <= len(stages):
+                raise ConfigError(f"model.stats_stages={stats_stages}: {name} has {len(stages)} stages")
+            # The first N stages only, without the last map: what the later, semantic stages add
+            # differs from photo to photo more than from distortion to distortion
+            # (docs/embedded_dataset.md measures it).
+            self.stats_last = stats_stages is None
+            self.stat_modules = stages if self.stats_last else stages[:stats_stages]
+            stats_dim = 2 * (sum(_channels(m) for m in self.stat_modules)
+                             + (self.feature_dim if self.stats_last else 0))
             self.proj_global = nn.Linear(stats_dim, self.width)
+        elif stats_stages is not None:
+            raise ConfigError("model.stats_stages needs model.readout=stats")
         elif readout != "default":
             raise ConfigError(f"model.readout={readout!r}: unknown; allowed: default, stats")
         lite = (trained_with or weights) == "efficientnet-lite"
@@ -178,7 +189,8 @@ class Backbone(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        glob = torch.cat([torch.cat([m.mean((2, 3)), _spatial_std(m)], 1) for m in [*maps, feats]], 1)
+        summarised = [*maps, feats] if self.stats_last else maps
+        glob = torch.cat([torch.cat([m.mean((2, 3)), _spatial_std(m)], 1) for m in summarised], 1)
         return glob, self._tokens(feats)
 
     def _tokens(self, feats: torch.Tensor) -> torch.Tensor:
