@@ -90,6 +90,23 @@ def test_every_type_has_a_kadid_counterpart_whose_label_falls_with_level():
         kadid_label("sepia", 1)
 
 
+def test_artefact_set_is_kadids_blur_noise_and_compression_categories():
+    from nriqa.data.synthetic import DISTORTION_SETS, KADID_CATEGORIES, resolve_distortions
+
+    wanted = {t for c in ("blur", "noise", "compression") for t in KADID_CATEGORIES[c]}
+    artefacts = DISTORTION_SETS["artefacts"]
+    assert {KADID_TYPES[n].kadid_type for n in artefacts} == wanted & {
+        t.kadid_type for t in KADID_TYPES.values()}
+    assert len(artefacts) == 9 and "darken" not in artefacts and "color_saturation" not in artefacts
+    assert DISTORTION_SETS["all"] == list(DISTORTIONS)
+    # every KADID type is in exactly one category
+    numbers = [t for ts in KADID_CATEGORIES.values() for t in ts]
+    assert sorted(numbers) == list(range(1, 26))
+    assert resolve_distortions("artefacts") == artefacts and resolve_distortions(None) is None
+    assert embedded_dir(distortions="artefacts") == embedded_dir(distortions=artefacts)
+    assert embedded_dir(distortions="all") == embedded_dir()
+
+
 def test_references_are_every_bundled_photo_in_kadids_frame():
     assert len(REFERENCES) >= 11
     shapes = {n: load_reference(n, 48).shape for n in ("grace_hopper", "astronaut")}

@@ -67,13 +67,22 @@ from nriqa.data.synthetic.build import (
     severities,
 )
 from nriqa.data.synthetic.calibration import (
+    KADID_CATEGORIES,
     KADID_MEANS,
     KADID_SCALE,
     KADID_TYPE_NAMES,
     LABEL_SCALE,
     N_LEVELS,
 )
-from nriqa.data.synthetic.distortions import DISTORTIONS, KADID_TYPES, KadidType, kadid_label
+from nriqa.data.synthetic.distortions import (
+    ARTEFACT_CATEGORIES,
+    DISTORTION_SETS,
+    DISTORTIONS,
+    KADID_TYPES,
+    KadidType,
+    kadid_label,
+    resolve_distortions,
+)
 from nriqa.data.synthetic.references import (
     DEFAULT_SIZE,
     REFERENCES,
@@ -82,8 +91,9 @@ from nriqa.data.synthetic.references import (
 )
 
 __all__ = [
-    "DEFAULT_SIZE", "DISTORTIONS", "FORMAT_VERSION", "KADID_MEANS", "KADID_SCALE", "KADID_TYPES",
+    "ARTEFACT_CATEGORIES", "DEFAULT_SIZE", "DISTORTIONS", "DISTORTION_SETS", "FORMAT_VERSION",
+    "KADID_CATEGORIES", "KADID_MEANS", "KADID_SCALE", "KADID_TYPES",
     "KADID_TYPE_NAMES", "LABEL_COLUMNS", "LABEL_SCALE", "N_LEVELS", "REFERENCES", "KadidType",
     "build_embedded", "cache_root", "embedded_dir", "is_built", "kadid_label", "load_reference",
-    "reference_shape", "severities",
+    "reference_shape", "resolve_distortions", "severities",
 ]

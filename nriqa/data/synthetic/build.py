@@ -27,7 +27,12 @@ import skimage
 from PIL import Image
 
 from nriqa.data.synthetic.calibration import N_LEVELS
-from nriqa.data.synthetic.distortions import DISTORTIONS, KADID_TYPES, kadid_label
+from nriqa.data.synthetic.distortions import (
+    DISTORTIONS,
+    KADID_TYPES,
+    kadid_label,
+    resolve_distortions,
+)
 from nriqa.data.synthetic.references import DEFAULT_SIZE, REFERENCES, load_reference
 from nriqa.errors import ConfigError, DataError
 from nriqa.io import sha256_file
@@ -83,7 +88,7 @@ def embedded_dir(
     name = f"embedded-v{FORMAT_VERSION}-s{int(seed)}-{int(size)}-{_code_hash()[:8]}"
     if int(levels) != N_LEVELS:
         name += f"-l{int(levels)}"
-    dists = _resolve_names(distortions, DISTORTIONS, "distortion(s)")
+    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
     if dists != list(DISTORTIONS):
         name += f"-d{_short_hash(dists)}"
     refs = _resolve_names(references, REFERENCES, "reference(s)")
@@ -238,7 +243,7 @@ def _default_workers() -> int:
 def is_built(root: str | Path | None = None, seed: int = 0, size: int = DEFAULT_SIZE,
              levels: int = N_LEVELS, distortions=None, references=None) -> bool:
     """True when a complete build with these parameters is at ``root`` (default: its cache)."""
-    dists = _resolve_names(distortions, DISTORTIONS, "distortion(s)")
+    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
     refs = _resolve_names(references, REFERENCES, "reference(s)")
     if root is None:
         root = embedded_dir(seed, size, levels, dists, refs)
@@ -260,7 +265,8 @@ def build_embedded(
 
     ``cache_dir`` defaults to :func:`embedded_dir`. ``levels`` is how many severities to use,
     spread over 1..5 (:func:`severities`); ``distortions`` and ``references`` select names from
-    :data:`DISTORTIONS` and :data:`REFERENCES` (default: all). A complete dataset with the same
+    :data:`DISTORTIONS` and :data:`REFERENCES` (default: all; ``distortions`` may also name a set
+    of :data:`DISTORTION_SETS`, e.g. ``"artefacts"``). A complete dataset with the same
     parameters is returned at once unless ``force``. The build is written into a temporary
     sibling directory and renamed into place, so it is safe against interruption and against
     several processes building at once (the first rename wins; the result is the same).
@@ -268,7 +274,7 @@ def build_embedded(
     if int(size) < 16:
         raise ConfigError(f"embedded dataset size must be at least 16 px, got {size}")
     sev = severities(levels)
-    dists = _resolve_names(distortions, DISTORTIONS, "distortion(s)")
+    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
     refs = _resolve_names(references, REFERENCES, "reference(s)")
     root = (
         Path(cache_dir).expanduser()

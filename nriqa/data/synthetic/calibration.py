@@ -50,3 +50,14 @@ KADID_MEANS: dict[int, tuple[float, ...]] = {
 }
 
 KADID_SCALE = (1.0, 5.0)
+
+#: KADID-10k's grouping of its 25 types into seven categories (as its paper lists them).
+KADID_CATEGORIES: dict[str, tuple[int, ...]] = {
+    "blur": (1, 2, 3),
+    "color": (4, 5, 6, 7, 8),
+    "compression": (9, 10),
+    "noise": (11, 12, 13, 14, 15),
+    "brightness": (16, 17, 18),
+    "spatial": (19, 20, 21, 22, 23),
+    "sharpness and contrast": (24, 25),
+}

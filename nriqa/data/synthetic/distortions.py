@@ -17,7 +17,7 @@ from scipy import ndimage, signal
 from scipy.interpolate import PchipInterpolator
 from skimage.color import lab2rgb, rgb2lab, rgb2ycbcr, ycbcr2rgb
 
-from nriqa.data.synthetic.calibration import KADID_MEANS, KADID_SCALE, N_LEVELS
+from nriqa.data.synthetic.calibration import KADID_CATEGORIES, KADID_MEANS, KADID_SCALE, N_LEVELS
 from nriqa.errors import ConfigError
 
 Distortion = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
@@ -292,3 +292,31 @@ KADID_TYPES: dict[str, KadidType] = {
 
 #: name -> distortion function (uint8 HxWx3 image, level 1..5, numpy Generator) -> uint8 image.
 DISTORTIONS: dict[str, Distortion] = {name: t.fn for name, t in KADID_TYPES.items()}
+
+#: KADID's categories whose distortions add artefacts that a viewer sees without the reference
+#: (blur, noise, compression: the families of LIVE and CSIQ). The others re-tone or re-colour the
+#: whole photo, or work on regions (brightness, colour, spatial, sharpness): whether a photo was
+#: darkened, desaturated or colour-diffused cannot be told from the photo alone (a dark scene or a
+#: darkened one?), and KADID's raters judged them beside the reference.
+ARTEFACT_CATEGORIES = ("blur", "noise", "compression")
+
+
+def _in_categories(categories) -> list[str]:
+    types = {t for c in categories for t in KADID_CATEGORIES[c]}
+    return [name for name, t in KADID_TYPES.items() if t.kadid_type in types]
+
+
+#: Named sets of distortions, for ``build_embedded(distortions=<name>)`` and ``nriqa demo``:
+#: ``artefacts`` (the 9 of KADID's blur, noise and compression categories; the demo's default)
+#: and ``all`` (the 18 types).
+DISTORTION_SETS: dict[str, list[str]] = {
+    "artefacts": _in_categories(ARTEFACT_CATEGORIES),
+    "all": list(DISTORTIONS),
+}
+
+
+def resolve_distortions(names) -> list[str] | None:
+    """``names`` with a set name of :data:`DISTORTION_SETS` expanded (None stays None: all)."""
+    if isinstance(names, str) and names in DISTORTION_SETS:
+        return list(DISTORTION_SETS[names])
+    return names
