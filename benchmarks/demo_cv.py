@@ -75,6 +75,7 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
     glob, tokens = cache.load()
     labels = torch.tensor(pool["label"].to_numpy(), dtype=torch.float32)
     groups = pool["group"].to_numpy()
+    types = pool["dist_type"].to_numpy()
     k = glob.shape[1] // 2 if cfg.data.hflip else glob.shape[1]
     epochs = cfg.optim.epochs
     oof = np.full((epochs, len(pool)), np.nan)
@@ -111,6 +112,9 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
             "decoder_best_epoch_srcc": max(curve),  # for reading only: chosen on the folds
             "per_photo_srcc_last": {p: pooled(oof[-1][groups == p], y[groups == p])["srcc"]
                                     for p in sorted(set(groups))},
+            # how well the levels of one type are ordered, across the pooled photos
+            "per_type_srcc_last": {t: pooled(oof[-1][types == t], y[types == t])["srcc"]
+                                   for t in sorted(set(types))},
             "probe": pooled(probe_oof, y), "cache_s": round(cache_s, 1),
             "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
             "load": round(os.getloadavg()[0], 2)}
@@ -138,6 +142,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("candidates", nargs="*", default=[""])
     parser.add_argument("--name", default="cv")
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--distortions", default="artefacts",
+                        help="the embedded dataset's distortion set (artefacts, the demo's; all)")
     parser.add_argument("--cache-dir", default=None,
                         help="feature cache (default: the demo's, under the nriqa cache)")
     args = parser.parse_args(argv)
@@ -146,7 +152,8 @@ def main(argv: list[str]) -> int:
     from nriqa.data.synthetic import build_embedded, cache_root
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    root = Path(os.environ.get("NRIQA_EMBEDDED_ROOT") or build_embedded())
+    root = Path(os.environ.get("NRIQA_EMBEDDED_ROOT")
+                or build_embedded(distortions=args.distortions))
     cache_dir = Path(args.cache_dir or cache_root() / "features")
     rows = []
     out = HERE / "results" / f"demo_cv_{args.name}"

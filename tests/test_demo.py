@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from nriqa.cli import main
@@ -40,6 +41,16 @@ def test_tiny_demo_prints_plan_and_metrics_and_writes_every_picture(tmp_path, mo
     assert html.count("data:image/png;base64,") == len(pictures)
     assert (out / "model.safetensors").is_file()
     assert not (out / "checkpoints").exists(), "training checkpoints are kept only when asked"
+
+
+def test_demo_names_its_distortion_sets_and_refuses_others(tmp_path, monkeypatch):
+    from nriqa.errors import ConfigError
+    from nriqa.reports.demo import run_demo
+
+    monkeypatch.setenv("NRIQA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="allowed: artefacts, all"):
+        run_demo(tmp_path / "run", distortions="sepia")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
 def test_logistic_is_drawn_only_when_the_fit_is_sound():

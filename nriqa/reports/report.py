@@ -264,7 +264,8 @@ def write_demo_report(out_dir: Path, facts: dict, model_path: Path) -> Path:
         f"({_weights(cfg.model.weights)}), trained on a CPU on nriqa's embedded dataset: "
         f"{len(facts['refs']['train'])} + {len(refs['select'])} + {len(refs['test'])} photos "
         f"bundled with scikit-image, scikit-learn and matplotlib, each distorted with "
-        f"{parts['train']['dist_type'].nunique()} of KADID-10k's distortion types at its 5 levels, "
+        f"{parts['train']['dist_type'].nunique()} of KADID-10k's distortion types"
+        f"{_distortion_set(facts.get('distortions'))} at its 5 levels, "
         "each image labelled with the mean score KADID-10k's human raters gave that distortion at "
         "that level (docs/embedded_dataset.md).",
         "",
@@ -326,6 +327,13 @@ def write_demo_report(out_dir: Path, facts: dict, model_path: Path) -> Path:
     report = atomic_write_text(out_dir / "report.md", text)
     atomic_write_text(out_dir / "report.html", _html(text, out_dir))
     return report
+
+
+def _distortion_set(name: str | None) -> str:
+    if name == "artefacts":
+        return (" (its blur, noise and compression categories: artefacts one sees without the "
+                "original; `nriqa demo --distortions all` adds its tone and colour changes)")
+    return ""
 
 
 def _weights(weights: str) -> str:
