@@ -16,8 +16,9 @@ candidate it prints and records:
     python benchmarks/demo_cv.py "" "model.stats_stages=3" --name stages
 
 Each positional argument is one candidate: space-separated overrides on the ``demo`` recipe ("" is
-the recipe itself). Results: ``results/demo_cv_<name>.{json,md}``. ``NRIQA_EMBEDDED_ROOT`` names an
-already built dataset.
+the recipe itself). ``--distortions`` picks the dataset (``artefacts``, the demo's, by default;
+``all``: 18 types). Results: ``results/demo_cv_<name>.{json,md}``. ``NRIQA_EMBEDDED_ROOT`` names an
+already built dataset (and overrides ``--distortions``).
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("candidates", nargs="*", default=[""])
     parser.add_argument("--name", default="cv")
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--distortions", default="artefacts",
-                        help="the embedded dataset's distortion set (artefacts, the demo's; all)")
+    parser.add_argument("--distortions", default="artefacts", choices=("artefacts", "all"),
+                        help="the embedded dataset's distortion set (artefacts, the demo's; all); "
+                             "NRIQA_EMBEDDED_ROOT, when set, names the dataset instead")
     parser.add_argument("--cache-dir", default=None,
                         help="feature cache (default: the demo's, under the nriqa cache)")
     args = parser.parse_args(argv)
@@ -158,7 +160,8 @@ def main(argv: list[str]) -> int:
     rows = []
     out = HERE / "results" / f"demo_cv_{args.name}"
     for candidate in args.candidates or [""]:
-        row = run_candidate(candidate.split(), root, args.folds, cache_dir)
+        row = {"distortions": None if os.environ.get("NRIQA_EMBEDDED_ROOT") else args.distortions,
+               **run_candidate(candidate.split(), root, args.folds, cache_dir)}
         print(json.dumps(row), flush=True)
         rows.append(row)
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

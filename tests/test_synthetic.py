@@ -105,6 +105,7 @@ def test_artefact_set_is_kadids_blur_noise_and_compression_categories():
     assert resolve_distortions("artefacts") == artefacts and resolve_distortions(None) is None
     assert embedded_dir(distortions="artefacts") == embedded_dir(distortions=artefacts)
     assert embedded_dir(distortions="all") == embedded_dir()
+    assert embedded_dir(distortions="artefacts") != embedded_dir()  # two sets never share a build
 
 
 def test_references_are_every_bundled_photo_in_kadids_frame():

@@ -1,6 +1,7 @@
 """The embedded default dataset: KADID-10k's distortions of photos bundled in installed packages.
 
-``nriqa demo`` and ``nriqa train`` with no dataset named train on this dataset. It needs no
+``nriqa train`` with no dataset named trains on this dataset (all 18 types); ``nriqa demo`` on its
+``artefacts`` set, KADID's 9 blur, noise and compression types (:data:`DISTORTION_SETS`). It needs no
 download: it is generated on the user's machine from natural colour photos that ship inside the
 scikit-image, scikit-learn and matplotlib wheels, and labelled with human opinion measured on
 KADID-10k (Lin, Hosu and Saupe, QoMEX 2019). Design, grounding and limits: docs/embedded_dataset.md.

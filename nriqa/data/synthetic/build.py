@@ -79,7 +79,7 @@ def cache_root() -> Path:
 def embedded_dir(
     seed: int = 0, size: int = DEFAULT_SIZE, levels: int = N_LEVELS, distortions=None, references=None
 ) -> Path:
-    """Default location of a built dataset: ``$NRIQA_CACHE/embedded-v1-s{seed}-{size}-{code}``.
+    """Default location of a built dataset: ``$NRIQA_CACHE/embedded-v2-s{seed}-{size}-{code}``.
 
     ``code`` is the hash of the generating code, so a new nriqa version builds beside an old build
     instead of replacing it under a run that is reading it. Non-default ``levels``, distortions or
