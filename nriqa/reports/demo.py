@@ -28,13 +28,16 @@ from pathlib import Path
 from nriqa.config import RunConfig, load_config
 from nriqa.errors import ConfigError
 
-#: Rough costs on 2 otherwise idle CPU cores (benchmarks/results/speed_cpu.md): seconds per
-#: training crop (the last two stages trained) and per scored crop of tf_efficientnet_lite0 at
-#: 224 px (scaled with the crop's area), seconds per decoder step on cached features, and images
-#: per second for the dataset build. Only used for the time the plan announces.
+#: Rough costs on 2 otherwise idle CPU cores, only used for the time the plan announces: seconds
+#: per training crop (the last two stages trained; benchmarks/results/speed_cpu.md); per scored
+#: crop of tf_efficientnet_lite0, a fixed part (decoding, cropping, the call) and a part that grows
+#: with the crop's area (0.033 s at 224 px, 0.024 s at 128 px as `nriqa demo` measured 12 crops of
+#: 128 px, 0.28 s an image); per decoder step on cached features of 3 crops an image (0.48 s at
+#: 12); and images per second for the dataset build.
 SECONDS_PER_TRAIN_CROP = 0.035
-SECONDS_PER_EVAL_CROP = 0.033
-SECONDS_PER_HEAD_STEP = 0.1
+SECONDS_PER_EVAL_CROP_FIXED = 0.019
+SECONDS_PER_EVAL_CROP_224 = 0.014
+SECONDS_PER_HEAD_STEP = 0.12
 BUILD_IMAGES_PER_S = 15.0
 
 #: ``--quick``: a 2 x 2 grid of crops instead of 4 x 3 (a third of the backbone's work) and 12
@@ -202,7 +205,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
 def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
     """Epochs, steps per epoch and the rough time the plan announces."""
     n_train, n_select, n_test = (len(parts[k]) for k in ("train", "select", "test"))
-    eval_cost = SECONDS_PER_EVAL_CROP * (cfg.data.crop_size / 224) ** 2 * settings.test_patch_num
+    eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED
+                                           + SECONDS_PER_EVAL_CROP_224 * (cfg.data.crop_size / 224) ** 2)
     epochs = cfg.optim.epochs
     if cfg.trainer.feature_cache:  # one backbone pass per image (probe and cache), the test again
         per_epoch = max(1, n_train // cfg.data.batch_size)
