@@ -154,13 +154,13 @@ def main(argv: list[str]) -> int:
     from nriqa.data.synthetic import build_embedded, cache_root
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    root = Path(os.environ.get("NRIQA_EMBEDDED_ROOT")
-                or build_embedded(distortions=args.distortions))
+    given = os.environ.get("NRIQA_EMBEDDED_ROOT")  # a built dataset, whatever its distortions
+    root = Path(given or build_embedded(distortions=args.distortions))
     cache_dir = Path(args.cache_dir or cache_root() / "features")
     rows = []
     out = HERE / "results" / f"demo_cv_{args.name}"
     for candidate in args.candidates or [""]:
-        row = {"distortions": None if os.environ.get("NRIQA_EMBEDDED_ROOT") else args.distortions,
+        row = {"distortions": None if given else args.distortions,
                **run_candidate(candidate.split(), root, args.folds, cache_dir)}
         print(json.dumps(row), flush=True)
         rows.append(row)

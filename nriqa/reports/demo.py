@@ -111,8 +111,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
 
     which = "" if tiny or distortions == "all" else " (its blur, noise and compression types)"
     _say(f"  data    embedded dataset: {n_refs} bundled photos x {n_dists} KADID-10k distortions"
-         f"{which} x {synthetic.N_LEVELS} levels = {n_images} images, labelled with KADID-10k's mean human "
-         "score per distortion and level")
+         f"{which} x {synthetic.N_LEVELS} levels = {n_images} images, labelled with KADID-10k's "
+         "mean human score per distortion and level")
     _say(f"          {'found in the cache' if cached else 'building it now (first run only, about '}"
          f"{'' if cached else _duration(n_images / BUILD_IMAGES_PER_S) + ')'}: {root}")
     t = time.perf_counter()
@@ -205,8 +205,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
 def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
     """Epochs, steps per epoch and the rough time the plan announces."""
     n_train, n_select, n_test = (len(parts[k]) for k in ("train", "select", "test"))
-    eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED
-                                           + SECONDS_PER_EVAL_CROP_224 * (cfg.data.crop_size / 224) ** 2)
+    area = (cfg.data.crop_size / 224) ** 2
+    eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED + SECONDS_PER_EVAL_CROP_224 * area)
     epochs = cfg.optim.epochs
     if cfg.trainer.feature_cache:  # one backbone pass per image (probe and cache), the test again
         per_epoch = max(1, n_train // cfg.data.batch_size)

@@ -67,6 +67,11 @@ def _resolve_names(names, table: dict, what: str) -> list[str]:
     return names
 
 
+def _distortion_names(distortions) -> list[str]:
+    """The distortions selected by a list of names, a set name of ``DISTORTION_SETS`` or None."""
+    return _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
+
+
 def _short_hash(names: Sequence[str]) -> str:
     return hashlib.sha256(",".join(names).encode()).hexdigest()[:8]
 
@@ -88,7 +93,7 @@ def embedded_dir(
     name = f"embedded-v{FORMAT_VERSION}-s{int(seed)}-{int(size)}-{_code_hash()[:8]}"
     if int(levels) != N_LEVELS:
         name += f"-l{int(levels)}"
-    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
+    dists = _distortion_names(distortions)
     if dists != list(DISTORTIONS):
         name += f"-d{_short_hash(dists)}"
     refs = _resolve_names(references, REFERENCES, "reference(s)")
@@ -243,7 +248,7 @@ def _default_workers() -> int:
 def is_built(root: str | Path | None = None, seed: int = 0, size: int = DEFAULT_SIZE,
              levels: int = N_LEVELS, distortions=None, references=None) -> bool:
     """True when a complete build with these parameters is at ``root`` (default: its cache)."""
-    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
+    dists = _distortion_names(distortions)
     refs = _resolve_names(references, REFERENCES, "reference(s)")
     if root is None:
         root = embedded_dir(seed, size, levels, dists, refs)
@@ -274,7 +279,7 @@ def build_embedded(
     if int(size) < 16:
         raise ConfigError(f"embedded dataset size must be at least 16 px, got {size}")
     sev = severities(levels)
-    dists = _resolve_names(resolve_distortions(distortions), DISTORTIONS, "distortion(s)")
+    dists = _distortion_names(distortions)
     refs = _resolve_names(references, REFERENCES, "reference(s)")
     root = (
         Path(cache_dir).expanduser()
