@@ -46,7 +46,8 @@ def pooled(pred, label) -> dict:
     return {k: round(float(v), 4) for k, v in evaluate(pred, label).items() if k in ("srcc", "plcc")}
 
 
-def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Path) -> dict:
+def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Path,
+                  distortions: str | None) -> dict:
     import numpy as np
     import pandas as pd
     import torch
@@ -59,8 +60,10 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
     from nriqa.protocol.probe import fit_ridge
     from nriqa.protocol.runner import load_table, split_for
 
+    # The dataset's own set (None: every type of the build at NRIQA_EMBEDDED_ROOT).
     cfg = load_config("demo", [f"data.root={root}", "trainer.progress_bar=false",
-                               f"trainer.feature_cache_dir={cache_dir}", *overrides])
+                               f"trainer.feature_cache_dir={cache_dir}",
+                               f"data.options.distortions={distortions or 'null'}", *overrides])
     table = load_table(cfg.data)
     parts = split_parts(table, split_for(cfg, table, cfg.split.index), cfg.split.protocol)
     # Only the photos outside the test part; the test part is not read.
@@ -160,8 +163,9 @@ def main(argv: list[str]) -> int:
     rows = []
     out = HERE / "results" / f"demo_cv_{args.name}"
     for candidate in args.candidates or [""]:
-        row = {"distortions": None if given else args.distortions,
-               **run_candidate(candidate.split(), root, args.folds, cache_dir)}
+        distortions = None if given else args.distortions
+        row = {"distortions": distortions,
+               **run_candidate(candidate.split(), root, args.folds, cache_dir, distortions)}
         print(json.dumps(row), flush=True)
         rows.append(row)
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

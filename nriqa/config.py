@@ -123,6 +123,7 @@ class ModelConfig(Section):
     readout: Literal["default", "stats"] = Field("default", description="the global feature c: default (ViT CLS token / CNN mean of the last map); stats (CNNs: per-channel mean and std of every stage's map, its own projection)")
     token_pool: Int = Field(1, gt=0, description="CNNs: average-pool the last map by this factor before it becomes the decoder's tokens")
     stats_stages: Int | None = Field(None, gt=0, description="readout=stats: summarise only the first N block stages, not the later ones nor the last map (low-level statistics without the semantic ones); None: every stage and the last map")
+    stats_reblur: Float = Field(0.0, ge=0, description="readout=stats: also see each crop blurred by a Gaussian of this sigma (px) and add how its statistics change (a self-reference less tied to content); 0: off")
     freeze_bn: Bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
 
     @model_validator(mode="after")

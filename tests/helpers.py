@@ -60,7 +60,8 @@ def tiny_config(tmp_path: Path, *extra: str):
     ])
 
 
-def tiny_model_file(path: Path, seed: int = 0, patch_num: int = 3) -> Path:
+def tiny_model_file(path: Path, seed: int = 0, patch_num: int = 3,
+                    overrides: tuple[str, ...] = ()) -> Path:
     """A random tiny DEIQT saved as an nriqa ``.safetensors`` model (32 px crops)."""
     import torch
 
@@ -68,7 +69,7 @@ def tiny_model_file(path: Path, seed: int = 0, patch_num: int = 3) -> Path:
     from nriqa.models import DEIQT
 
     torch.manual_seed(seed)
-    cfg = load_config(None, TINY_MODEL)
+    cfg = load_config(None, [*TINY_MODEL, *overrides])
     meta = {"format": "nriqa-deiqt-v1", "model": cfg.model.model_dump(mode="json"),
             "crop_size": 32, "test_patch_num": patch_num, "test_crops": "grid", "resize": "none",
             "small_image": "upscale"}

@@ -67,7 +67,7 @@ def test_an_option_of_another_layout_says_which_layout_takes_it(tmp_path):
 def test_every_dataset_declares_its_options():
     names = {name: spec.option_names for name, spec in DATASETS.items()}
     assert names["koniq10k"] == ["images", "score_column"]
-    assert names["spaq"] == ["images"] and names["live"] == [] and names["embedded"] == []
+    assert names["spaq"] == ["images"] and names["live"] == [] and names["embedded"] == ["distortions"]
     assert {"path_column", "low", "high", "higher_better"} <= set(names["csv"])
     with pytest.raises(ConfigError, match="dataset 'live' has no loader option 'images'; its "
                                           "options: none"):

@@ -56,6 +56,18 @@ def test_onnx_export_carries_the_metadata_and_scores_like_torch(model_file, onnx
     assert np.abs(_scores(onnx_results)[good] - _scores(torch_results)[good]).max() <= 1e-4
 
 
+def test_reblur_stats_model_exports_and_scores_like_torch(photos, tmp_path):
+    # The demo's readout: a CNN's stage statistics and their change when the crop is re-blurred.
+    path = tiny_model_file(tmp_path / "reblur.safetensors", overrides=(
+        "model.backbone=test_efficientnet", "model.backbone_kwargs={}", "model.img_size=null",
+        "model.readout=stats", "model.stats_stages=2", "model.stats_reblur=1.0"))
+    onnx = export_model(path, "onnx", tmp_path / "reblur.onnx")
+    torch_scores = _scores(Scorer.from_checkpoint(path, device="cpu").score_paths(photos[:-1]))
+    onnx_scores = _scores(Scorer.from_checkpoint(onnx, device="cpu").score_paths(photos[:-1]))
+    assert np.isfinite(torch_scores).all()
+    assert np.abs(onnx_scores - torch_scores).max() <= 1e-4
+
+
 def test_onnx_graph_has_a_dynamic_batch_of_uint8_crops(model_file, onnx_file):
     import onnxruntime as ort
 

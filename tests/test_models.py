@@ -11,6 +11,7 @@ from PIL import Image
 from nriqa.config import ModelConfig
 from nriqa.errors import ConfigError, WeightsError
 from nriqa.models import DEIQT, Backbone, PanelDecoder
+from nriqa.models.backbones import _channels, gaussian_blur
 from nriqa.models.weights import apply_weights, create_net, read_state_dict
 
 TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -276,3 +277,45 @@ def test_backbones_can_be_built_under_no_grad_and_inference_mode():
     with torch.inference_mode():
         vit = tiny_vit()
         assert vit(torch.rand(1, 3, 32, 32))[0].shape == (1, 64)
+
+
+def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
+    torch.manual_seed(0)
+    plain = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2).eval()
+    reblur = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2,
+                      stats_reblur=1.5).eval()
+    reblur.net.load_state_dict(plain.net.state_dict())
+    x = (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+    glob_plain, tokens_plain = plain.raw_features(x)
+    glob, tokens = reblur.raw_features(x)
+    n = glob_plain.shape[1]
+    assert glob.shape[1] == 2 * n == reblur.proj_global.in_features
+    assert torch.allclose(glob[:, :n], glob_plain, atol=1e-6) and torch.equal(tokens, tokens_plain)
+    # the added half, by hand: the same statistics of the blurred crop, as differences and log-ratios
+    blurred = gaussian_blur(x.float() / 255, 1.5)
+    glob_blurred, _ = plain.raw_features(blurred)
+    means, stds = [], []
+    for i, c in enumerate((plain.stat_modules[0], plain.stat_modules[1])):
+        width, start = _channels(c), sum(_channels(m) for m in plain.stat_modules[:i]) * 2
+        means.append((glob_plain[:, start:start + width], glob_blurred[:, start:start + width]))
+        stds.append((glob_plain[:, start + width:start + 2 * width],
+                     glob_blurred[:, start + width:start + 2 * width]))
+    expected = torch.cat([a - b for a, b in means] + [torch.log((a + 1e-3) / (b + 1e-3))
+                                                     for a, b in stds], 1)
+    assert torch.allclose(glob[:, n:], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="stats_reblur needs model.readout=stats"):
+        Backbone("test_efficientnet", stats_reblur=1.0)
+
+
+def test_gaussian_blur_keeps_flat_images_and_matches_a_separable_kernel():
+    flat = torch.full((1, 3, 20, 20), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat, atol=1e-6)
+    impulse = torch.zeros(1, 3, 21, 21)
+    impulse[0, 1, 10, 10] = 1.0
+    out = gaussian_blur(impulse, 1.0)[0, 1]
+    assert float(gaussian_blur(impulse, 1.0)[0, 0].abs().max()) == 0.0  # channels kept apart
+    t = torch.arange(-3, 4, dtype=torch.float32)
+    k = torch.exp(-0.5 * t**2)
+    k = k / k.sum()
+    assert torch.allclose(out[7:14, 7:14], k[:, None] * k[None, :], atol=1e-6)
+    assert abs(float(out.sum()) - 1.0) < 1e-5

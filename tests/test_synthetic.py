@@ -321,3 +321,37 @@ def test_load_embedded_table_builds_by_default_and_rejects_incomplete(tmp_path, 
     (broken / "manifest.json").unlink()
     with pytest.raises(DataError, match="manifest"):
         load_embedded_table(broken)
+
+
+def test_distortions_option_keeps_the_set_and_refuses_a_build_without_it(tiny, tmp_path):
+    from nriqa.data.datasets.embedded import SPEC
+    from nriqa.data.synthetic import DISTORTION_SETS
+
+    whole = SPEC.read(tiny)[0]  # the tiny build holds all 18 types
+    kept = SPEC.read(tiny, distortions="artefacts")[0]
+    assert set(kept["dist_type"]) == set(DISTORTION_SETS["artefacts"]) < set(whole["dist_type"])
+    assert len(kept) == len(TINY["references"]) * len(DISTORTION_SETS["artefacts"]) * 5
+    assert kept.attrs["dataset"] == "embedded"
+    small = build_embedded(tmp_path / "small", **SMALL)  # jpeg and white noise only
+    with pytest.raises(DataError, match="lacks 7 of the 'artefacts' distortions"):
+        SPEC.read(small, distortions="artefacts")
+    with pytest.raises(ConfigError, match="unknown set; allowed: artefacts, all"):
+        SPEC.read(tiny, distortions="blurs")
+
+
+def test_distortions_option_builds_only_the_set_when_no_root_is_given(monkeypatch, tmp_path):
+    from nriqa.data import synthetic
+    from nriqa.data.datasets.embedded import SPEC
+
+    built = []
+
+    def fake_build(**kwargs):  # records what the default root asks for; the tiny build answers
+        built.append(kwargs)
+        return build_embedded(tmp_path / "ds", **TINY)
+
+    monkeypatch.setattr(synthetic, "build_embedded", fake_build)
+    table = SPEC.read(None, distortions="artefacts")[0]
+    assert built == [{"distortions": list(synthetic.DISTORTION_SETS["artefacts"])}]
+    assert set(table["dist_type"]) == set(synthetic.DISTORTION_SETS["artefacts"])
+    SPEC.read(None)
+    assert built[-1] == {"distortions": None}

@@ -86,8 +86,9 @@ class DatasetSpec:
     patch_num: int = 25  # DEIQT's PATCH_NUM: crops per image per epoch
     resize: str = "none"  # see nriqa.data.resize.resize_image; "deiqt" is DEIQT's (h, w) quirk
     notes: str = ""
-    # The dataset folder when none is given (the embedded set builds itself); None: required.
-    default_root: Callable[[], Path] | None = field(default=None, compare=False)
+    # The dataset folder when none is given (the embedded set builds itself, given the loader
+    # options); None: required.
+    default_root: Callable[..., Path] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layouts", MappingProxyType(dict(self.layouts)))
@@ -132,12 +133,13 @@ class DatasetSpec:
             checked.update(_validate(self.name, lay.options, mine))
         return checked
 
-    def root(self, root: str | Path | None, label_file=None) -> Path:
+    def root(self, root: str | Path | None, label_file=None, options: Mapping[str, Any] | None = None
+             ) -> Path:
         """The dataset folder: as given; when None, the dataset's default (the embedded set is
-        built or found cached) or the label file's folder."""
+        built or found cached, for the loader ``options``) or the label file's folder."""
         if root is None:
             if self.default_root is not None:
-                return Path(self.default_root())
+                return Path(self.default_root(**dict(options or {})))
             if label_file is not None:
                 return Path(label_path(None, label_file)).parent
             raise ConfigError(f"dataset {self.name!r} needs its root folder")
@@ -187,8 +189,8 @@ class DatasetSpec:
     ) -> tuple[pd.DataFrame, str, list[Path]]:
         """The label table, the layout read and its files (see
         :func:`nriqa.data.registry.read_labels`)."""
-        self.check_options(options)  # a misspelt option fails before the disk is searched
-        root = self.root(root, label_file)
+        # A misspelt option fails before the disk is searched (or the embedded set is built).
+        root = self.root(root, label_file, self.check_options(options))
         layout_name, lay, files = self.pick_layout(root, layout, label_file)
         options = self.check_options(options, layout_name)
         source = files if lay.combine else files[0]

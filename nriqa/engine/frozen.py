@@ -96,9 +96,10 @@ class FeatureCache:
         mirrored = cfg.data.test_flip if mirrored is None else mirrored
         # Everything that changes what the frozen backbone gives; not the trained head's shape.
         head_only = {"width", "heads", "queries", "ffn_ratio", "dropout"}
-        facts = {"format": CACHE_FORMAT,
-                 "model": {k: v for k, v in cfg.model.model_dump(mode="json").items()
-                           if k not in head_only},
+        model = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k not in head_only}
+        if not model["stats_reblur"]:
+            del model["stats_reblur"]  # added later: the caches of runs without it keep their keys
+        facts = {"format": CACHE_FORMAT, "model": model,
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
                           settings.resize, cfg.data.small_image,
                           # only when set, so the caches of runs without it keep their keys

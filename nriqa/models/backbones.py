@@ -10,6 +10,8 @@ or uint8, and never need to know a model's mean and std.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,30 @@ def _spatial_std(m: torch.Tensor) -> torch.Tensor:
     return m.std((2, 3), correction=1 if m.shape[2] * m.shape[3] > 1 else 0)
 
 
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian of ``sigma`` pixels, half-width ceil(3 sigma)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur_rgb(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``x (B,3,H,W)`` convolved with the 1-D ``kernel`` along each axis, reflected border.
+
+    The weights have fixed shapes (3 channels, the kernel's length), so the ONNX export sees
+    constants."""
+    r = kernel.numel() // 2
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, kernel.to(x.dtype).view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    return F.conv2d(x, kernel.to(x.dtype).view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x (B,3,H,W)`` blurred by a Gaussian of ``sigma`` pixels (:func:`gaussian_kernel`)."""
+    return blur_rgb(x, gaussian_kernel(sigma).to(x.device))
+
+
 def _channels(stage: nn.Module) -> int:
     """Output channels of a stage: those of its last convolution or norm with a channel count."""
     for m in reversed(list(stage.modules())):
@@ -76,7 +102,7 @@ class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
                  img_size: int | None = None, trained_with: str | None = None,
                  readout: str = "default", token_pool: int = 1, stats_stages: int | None = None,
-                 **timm_kwargs):
+                 stats_reblur: float = 0.0, **timm_kwargs):
         """``trained_with`` names the weights the network was trained from when they differ from
         ``weights`` (a checkpoint rebuilt with ``weights="none"``): it fixes the input
         normalisation, which belongs to the pretrained weights, not to the loading path."""
@@ -109,9 +135,14 @@ class Backbone(nn.Module):
             self.stat_modules = stages if self.stats_last else stages[:stats_stages]
             stats_dim = 2 * (sum(_channels(m) for m in self.stat_modules)
                              + (self.feature_dim if self.stats_last else 0))
-            self.proj_global = nn.Linear(stats_dim, self.width)
-        elif stats_stages is not None:
-            raise ConfigError("model.stats_stages needs model.readout=stats")
+            self.stats_reblur = float(stats_reblur)
+            if self.stats_reblur:
+                self.register_buffer("reblur_kernel", gaussian_kernel(self.stats_reblur),
+                                     persistent=False)
+            self.proj_global = nn.Linear(stats_dim * (2 if self.stats_reblur else 1), self.width)
+        elif stats_stages is not None or stats_reblur:
+            option = "stats_stages" if stats_stages is not None else "stats_reblur"
+            raise ConfigError(f"model.{option} needs model.readout=stats")
         elif readout != "default":
             raise ConfigError(f"model.readout={readout!r}: unknown; allowed: default, stats")
         lite = (trained_with or weights) == "efficientnet-lite"
@@ -179,7 +210,25 @@ class Backbone(nn.Module):
     def _stats_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``c`` = per-channel mean and standard deviation of every stage's map and of the last
         one: low-level statistics (noise, blur, contrast) that a last-layer mean washes out, and
-        that lift a linear probe on BIQ2021 from SRCC 0.77 to 0.82 (docs/models.md)."""
+        that lift a linear probe on BIQ2021 from SRCC 0.77 to 0.82 (docs/models.md).
+
+        With ``stats_reblur`` the crop is also seen blurred by a Gaussian of that sigma, and ``c``
+        adds how its statistics change: the means' differences and the standard deviations'
+        log-ratios. Blurring an already blurred crop changes little, a sharp or noisy one much: a
+        self-reference the crop carries, less tied to its content than the statistics themselves
+        (the idea of re-blur sharpness measures)."""
+        means, stds, feats = self._stage_stats(x)
+        # Per map: its channel means, then their standard deviations (the cached layout).
+        parts = [t for pair in zip(means, stds) for t in pair]
+        if self.stats_reblur:
+            b_means, b_stds, _ = self._stage_stats(blur_rgb(to_unit(x), self.reblur_kernel))
+            parts += [m - b for m, b in zip(means, b_means)]
+            parts += [torch.log((s + 1e-3) / (b + 1e-3)) for s, b in zip(stds, b_stds)]
+        return torch.cat(parts, 1), self._tokens(feats)
+
+    def _stage_stats(self, x: torch.Tensor):
+        """Each summarised map's channel means ``[(B,C_i)]`` and standard deviations
+        ``[(B,C_i)]``, and the last map."""
         maps: list[torch.Tensor] = []
         # Hooks live for one call only: a deepcopy (EMA teacher) must not share them.
         handles = [m.register_forward_hook(lambda _m, _i, out: maps.append(out))
@@ -190,8 +239,7 @@ class Backbone(nn.Module):
             for h in handles:
                 h.remove()
         summarised = [*maps, feats] if self.stats_last else maps
-        glob = torch.cat([torch.cat([m.mean((2, 3)), _spatial_std(m)], 1) for m in summarised], 1)
-        return glob, self._tokens(feats)
+        return [m.mean((2, 3)) for m in summarised], [_spatial_std(m) for m in summarised], feats
 
     def _tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """A CNN map ``(B,C,h,w)`` -> tokens ``(B,N,C)``, average-pooled by ``token_pool`` first

@@ -17,9 +17,15 @@ from nriqa.data.table import Scale
 from nriqa.errors import ConfigError, DataError
 
 
-def read_embedded(root, label_file, *, scale: Scale, problems=None) -> pd.DataFrame:
+def read_embedded(root, label_file, *, scale: Scale, problems=None,
+                  distortions: str | None = None) -> pd.DataFrame:
     """The embedded synthetic dataset's ``labels.csv`` (``path,score,group,dist_type,level[,ref_path]``;
-    score = KADID-calibrated quality in [0, 1], higher is better)."""
+    score = KADID-calibrated quality in [0, 1], higher is better).
+
+    ``distortions`` (loader option): a set of :data:`nriqa.data.synthetic.DISTORTION_SETS`
+    (``artefacts``: KADID's blur, noise and compression types; ``all``). Without a root the set
+    alone is built; with one, its rows are kept, and a build lacking a type of the set is refused.
+    """
     header, _ = read_csv_rows(label_path(root, label_file), [])
     extras = [c for c in ("dist_type", "level", "ref_path") if c in header]
     table = read_generic_csv(root, label_file, scale=scale, problems=problems, group_column="group",
@@ -29,16 +35,42 @@ def read_embedded(root, label_file, *, scale: Scale, problems=None) -> pd.DataFr
     if "ref_path" in table and len(table):
         base = Path(os.path.abspath(Path(root)))
         table["ref_path"] = [str(base / p) if p else "" for p in table["ref_path"]]
-    return table
+    return table if distortions is None else _keep_set(table, distortions, root)
 
 
-def _build(**options) -> Path:
-    """Build the embedded dataset (or find it in the cache) and return its root."""
+def _set_types(distortions: str) -> list[str]:
     # Imported here, not at the top: the builder pulls in scipy.signal, scikit-image and
     # scikit-learn (about 2 s), which reading any other dataset's labels never needs.
     from nriqa.data import synthetic  # noqa: PLC0415 - start-up time, see above
 
-    return Path(synthetic.build_embedded(**options))
+    if distortions not in synthetic.DISTORTION_SETS:
+        raise ConfigError(f"dataset 'embedded': loader option distortions={distortions!r}: unknown "
+                          f"set; allowed: {', '.join(synthetic.DISTORTION_SETS)}")
+    return list(synthetic.DISTORTION_SETS[distortions])
+
+
+def _keep_set(table: pd.DataFrame, distortions: str, root) -> pd.DataFrame:
+    """The rows of the set's types; a build that lacks one of them is refused (a silently
+    smaller task would train and report something else)."""
+    types = _set_types(distortions)
+    present = set(table["dist_type"]) if "dist_type" in table else set()
+    missing = [t for t in types if t not in present]
+    if missing:
+        raise DataError(root, f"the embedded dataset here lacks {len(missing)} of the "
+                              f"{distortions!r} distortions ({', '.join(missing)}); leave data.root "
+                              "unset to build them, or drop data.options.distortions")
+    kept = table[table["dist_type"].isin(types)].reset_index(drop=True)
+    kept.attrs = dict(table.attrs)
+    return kept
+
+
+def _build(distortions: str | None = None) -> Path:
+    """Build the embedded dataset (only the ``distortions`` set's types when one is named), or
+    find it in the cache, and return its root."""
+    from nriqa.data import synthetic  # noqa: PLC0415 - start-up time, see _set_types
+
+    return Path(synthetic.build_embedded(
+        distortions=None if distortions is None else _set_types(distortions)))
 
 
 SPEC = DatasetSpec(
@@ -61,7 +93,9 @@ def load_embedded_table(root: str | Path | None = None, seed: int = 0, **build) 
     columns: ``dist_type``, ``level``, ``ref_path`` (absolute).
     """
     if root is None:
-        root = _build(seed=seed, **build)
+        from nriqa.data import synthetic  # noqa: PLC0415 - start-up time, see _set_types
+
+        root = synthetic.build_embedded(seed=seed, **build)
     elif build:
         raise ConfigError(f"load_embedded_table: give root or build options, not both ({build})")
     root = Path(root).expanduser().resolve()
