@@ -32,11 +32,13 @@ from nriqa.errors import ConfigError
 #: per training crop (the last two stages trained; benchmarks/results/speed_cpu.md); per scored
 #: crop of tf_efficientnet_lite0, a fixed part (decoding, cropping, the call) and a part that grows
 #: with the crop's area (0.033 s at 224 px, 0.024 s at 128 px as `nriqa demo` measured 12 crops of
-#: 128 px, 0.28 s an image); per decoder step on cached features of 3 crops an image (0.48 s at
-#: 12); and images per second for the dataset build.
+#: 128 px, 0.28 s an image), and the re-blurred pass of ``model.stats_reblur`` (0.52 s an image
+#: with it, measured the same way); per decoder step on cached features of 3 crops an image (0.48 s
+#: at 12); and images per second for the dataset build.
 SECONDS_PER_TRAIN_CROP = 0.035
 SECONDS_PER_EVAL_CROP_FIXED = 0.019
 SECONDS_PER_EVAL_CROP_224 = 0.014
+SECONDS_PER_REBLUR_CROP_224 = 0.060
 SECONDS_PER_HEAD_STEP = 0.12
 BUILD_IMAGES_PER_S = 15.0
 
@@ -51,8 +53,9 @@ TINY = ["model.backbone=vit_tiny_patch16_224", "model.weights=none", "model.img_
         "data.eval_batch_size=8", "data.num_workers=0", "optim.epochs=2",
         "optim.warmup_epochs=0.5", "trainer.limit_train_batches=null",
         "trainer.feature_cache=false", "model.readout=default", "model.stats_stages=null",
+        "model.stats_reblur=0",
         "model.token_pool=1",
-        "data.test_patch_num=2"]
+        "data.test_patch_num=2", "data.options.distortions=null"]
 TINY_DATA = {"size": 48, "references": ["astronaut", "coffee", "chelsea", "china", "flower"],
              "distortions": ["gaussian_blur", "white_noise", "jpeg", "darken"]}
 
@@ -96,12 +99,13 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     # The frozen backbone's features are cached beside the dataset, so a second demo skips them.
     extra = [f"trainer.output_dir={out}", "trainer.progress_bar=false",
              f"trainer.feature_cache_dir={synthetic.cache_root() / 'features'}"]
-    extra += QUICK if quick else []
-    extra += TINY if tiny else []
-    cfg = load_config("demo", extra + list(overrides or []))
     if distortions not in synthetic.DISTORTION_SETS:
         raise ConfigError(f"demo distortions {distortions!r}: unknown; allowed: "
                           f"{', '.join(synthetic.DISTORTION_SETS)}")
+    extra.append(f"data.options.distortions={distortions}")  # as `nriqa train -c demo` reads it
+    extra += QUICK if quick else []
+    extra += TINY if tiny else []
+    cfg = load_config("demo", extra + list(overrides or []))
     data_opts = TINY_DATA if tiny else {"distortions": synthetic.DISTORTION_SETS[distortions]}
     root = synthetic.embedded_dir(**data_opts)
     cached = synthetic.is_built(root, **data_opts)
@@ -206,7 +210,8 @@ def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
     """Epochs, steps per epoch and the rough time the plan announces."""
     n_train, n_select, n_test = (len(parts[k]) for k in ("train", "select", "test"))
     area = (cfg.data.crop_size / 224) ** 2
-    eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED + SECONDS_PER_EVAL_CROP_224 * area)
+    per_224 = SECONDS_PER_EVAL_CROP_224 + (SECONDS_PER_REBLUR_CROP_224 if cfg.model.stats_reblur else 0)
+    eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED + per_224 * area)
     epochs = cfg.optim.epochs
     if cfg.trainer.feature_cache:  # one backbone pass per image (probe and cache), the test again
         per_epoch = max(1, n_train // cfg.data.batch_size)
