@@ -124,6 +124,7 @@ class ModelConfig(Section):
     token_pool: Int = Field(1, gt=0, description="CNNs: average-pool the last map by this factor before it becomes the decoder's tokens")
     stats_stages: Int | None = Field(None, gt=0, description="readout=stats: summarise only the first N block stages, not the later ones nor the last map (low-level statistics without the semantic ones); None: every stage and the last map")
     stats_reblur: Float = Field(0.0, ge=0, description="readout=stats: also see each crop blurred by a Gaussian of this sigma (px) and add how its statistics change (a self-reference less tied to content); 0: off")
+    stats_denoise: Bool = Field(False, description="readout=stats: also see each crop through a 3 x 3 median filter and add how its statistics change (noise goes, edges stay)")
     freeze_bn: Bool = Field(False, description="keep BatchNorm running statistics fixed (eval mode) while training")
 
     @model_validator(mode="after")

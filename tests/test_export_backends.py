@@ -57,10 +57,12 @@ def test_onnx_export_carries_the_metadata_and_scores_like_torch(model_file, onnx
 
 
 def test_reblur_stats_model_exports_and_scores_like_torch(photos, tmp_path):
-    # The demo's readout: a CNN's stage statistics and their change when the crop is re-blurred.
+    # The demo's readout: a CNN's stage statistics and their change when the crop is re-blurred
+    # or median-filtered.
     path = tiny_model_file(tmp_path / "reblur.safetensors", overrides=(
         "model.backbone=test_efficientnet", "model.backbone_kwargs={}", "model.img_size=null",
-        "model.readout=stats", "model.stats_stages=2", "model.stats_reblur=1.0"))
+        "model.readout=stats", "model.stats_stages=2", "model.stats_reblur=1.0",
+        "model.stats_denoise=true"))
     onnx = export_model(path, "onnx", tmp_path / "reblur.onnx")
     torch_scores = _scores(Scorer.from_checkpoint(path, device="cpu").score_paths(photos[:-1]))
     onnx_scores = _scores(Scorer.from_checkpoint(onnx, device="cpu").score_paths(photos[:-1]))

@@ -11,7 +11,7 @@ from PIL import Image
 from nriqa.config import ModelConfig
 from nriqa.errors import ConfigError, WeightsError
 from nriqa.models import DEIQT, Backbone, PanelDecoder
-from nriqa.models.backbones import _channels, gaussian_blur
+from nriqa.models.backbones import _channels, gaussian_blur, median3
 from nriqa.models.weights import apply_weights, create_net, read_state_dict
 
 TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -319,3 +319,37 @@ def test_gaussian_blur_keeps_flat_images_and_matches_a_separable_kernel():
     k = k / k.sum()
     assert torch.allclose(out[7:14, 7:14], k[:, None] * k[None, :], atol=1e-6)
     assert abs(float(out.sum()) - 1.0) < 1e-5
+
+
+def test_median3_removes_isolated_noise_and_keeps_edges():
+    x = torch.zeros(1, 3, 12, 12)
+    x[..., :, 6:] = 1.0  # a vertical edge
+    noisy = x.clone()
+    noisy[0, 0, 3, 2] = 1.0  # salt
+    noisy[0, 2, 8, 9] = 0.0  # pepper
+    assert torch.equal(median3(noisy), x)
+    rng = torch.Generator().manual_seed(0)
+    y = torch.rand(2, 3, 9, 11, generator=rng)
+    padded = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="reflect")
+    by_hand = padded.unfold(2, 3, 1).unfold(3, 3, 1).reshape(2, 3, 9, 11, 9).median(-1).values
+    assert torch.equal(median3(y), by_hand)
+
+
+def test_stats_denoise_adds_the_median_filtered_crops_change():
+    torch.manual_seed(0)
+    plain = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2).eval()
+    both = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2,
+                    stats_reblur=1.0, stats_denoise=True).eval()
+    both.net.load_state_dict(plain.net.state_dict())
+    x = (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+    glob_plain, _ = plain.raw_features(x)
+    glob, _ = both.raw_features(x)
+    n = glob_plain.shape[1]
+    assert glob.shape[1] == 3 * n == both.proj_global.in_features
+    # the last third: the statistics of the median-filtered crop, the means first as differences
+    glob_median, _ = plain.raw_features(median3(x.float() / 255))
+    c0 = _channels(plain.stat_modules[0])
+    assert torch.allclose(glob[:, 2 * n:2 * n + c0], glob_plain[:, :c0] - glob_median[:, :c0],
+                          atol=1e-5)
+    with pytest.raises(ConfigError, match="stats_denoise needs model.readout=stats"):
+        Backbone("test_efficientnet", stats_denoise=True)

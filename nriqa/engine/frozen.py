@@ -97,8 +97,9 @@ class FeatureCache:
         # Everything that changes what the frozen backbone gives; not the trained head's shape.
         head_only = {"width", "heads", "queries", "ffn_ratio", "dropout"}
         model = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k not in head_only}
-        if not model["stats_reblur"]:
-            del model["stats_reblur"]  # added later: the caches of runs without it keep their keys
+        for later in ("stats_reblur", "stats_denoise"):  # added later: when off, the caches of
+            if not model[later]:                          # runs without them keep their keys
+                del model[later]
         facts = {"format": CACHE_FORMAT, "model": model,
                  "crop": [cfg.data.crop_size, settings.test_patch_num, cfg.data.test_crops,
                           settings.resize, cfg.data.small_image,

@@ -83,6 +83,16 @@ def blur_rgb(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, kernel.to(x.dtype).view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
 
 
+def median3(x: torch.Tensor) -> torch.Tensor:
+    """``x (B,C,H,W)`` through a 3 x 3 median filter, reflected border: removes isolated noise
+    and keeps edges. The median of the 9 shifted views is the 5th largest (``topk``, which ONNX
+    exports; ``median`` it does not)."""
+    h, w = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = torch.stack([p[..., i:i + h, j:j + w] for i in range(3) for j in range(3)], 2)
+    return views.topk(5, dim=2).values[:, :, 4]
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """``x (B,3,H,W)`` blurred by a Gaussian of ``sigma`` pixels (:func:`gaussian_kernel`)."""
     return blur_rgb(x, gaussian_kernel(sigma).to(x.device))
@@ -102,7 +112,7 @@ class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
                  img_size: int | None = None, trained_with: str | None = None,
                  readout: str = "default", token_pool: int = 1, stats_stages: int | None = None,
-                 stats_reblur: float = 0.0, **timm_kwargs):
+                 stats_reblur: float = 0.0, stats_denoise: bool = False, **timm_kwargs):
         """``trained_with`` names the weights the network was trained from when they differ from
         ``weights`` (a checkpoint rebuilt with ``weights="none"``): it fixes the input
         normalisation, which belongs to the pretrained weights, not to the loading path."""
@@ -139,9 +149,12 @@ class Backbone(nn.Module):
             if self.stats_reblur:
                 self.register_buffer("reblur_kernel", gaussian_kernel(self.stats_reblur),
                                      persistent=False)
-            self.proj_global = nn.Linear(stats_dim * (2 if self.stats_reblur else 1), self.width)
-        elif stats_stages is not None or stats_reblur:
-            option = "stats_stages" if stats_stages is not None else "stats_reblur"
+            self.stats_denoise = bool(stats_denoise)
+            copies = 1 + bool(self.stats_reblur) + self.stats_denoise
+            self.proj_global = nn.Linear(stats_dim * copies, self.width)
+        elif stats_stages is not None or stats_reblur or stats_denoise:
+            option = ("stats_stages" if stats_stages is not None
+                      else "stats_reblur" if stats_reblur else "stats_denoise")
             raise ConfigError(f"model.{option} needs model.readout=stats")
         elif readout != "default":
             raise ConfigError(f"model.readout={readout!r}: unknown; allowed: default, stats")
@@ -216,14 +229,21 @@ class Backbone(nn.Module):
         adds how its statistics change: the means' differences and the standard deviations'
         log-ratios. Blurring an already blurred crop changes little, a sharp or noisy one much: a
         self-reference the crop carries, less tied to its content than the statistics themselves
-        (the idea of re-blur sharpness measures)."""
+        (the idea of re-blur sharpness measures). ``stats_denoise`` adds the same for the crop
+        through a 3 x 3 median filter, which removes isolated noise but keeps edges: blur and
+        median together tell a noisy crop from a sharp one."""
         means, stds, feats = self._stage_stats(x)
         # Per map: its channel means, then their standard deviations (the cached layout).
         parts = [t for pair in zip(means, stds) for t in pair]
+        references = []
         if self.stats_reblur:
-            b_means, b_stds, _ = self._stage_stats(blur_rgb(to_unit(x), self.reblur_kernel))
-            parts += [m - b for m, b in zip(means, b_means)]
-            parts += [torch.log((s + 1e-3) / (b + 1e-3)) for s, b in zip(stds, b_stds)]
+            references.append(blur_rgb(to_unit(x), self.reblur_kernel))
+        if self.stats_denoise:
+            references.append(median3(to_unit(x)))
+        for ref in references:
+            r_means, r_stds, _ = self._stage_stats(ref)
+            parts += [m - r for m, r in zip(means, r_means)]
+            parts += [torch.log((s + 1e-3) / (r + 1e-3)) for s, r in zip(stds, r_stds)]
         return torch.cat(parts, 1), self._tokens(feats)
 
     def _stage_stats(self, x: torch.Tensor):

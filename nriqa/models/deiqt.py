@@ -27,6 +27,7 @@ class DEIQT(nn.Module):
         backbone = Backbone(cfg.backbone, weights=weights or cfg.weights, width=cfg.width,
                             img_size=cfg.img_size, trained_with=cfg.weights, readout=cfg.readout, token_pool=cfg.token_pool,
                             stats_stages=cfg.stats_stages, stats_reblur=cfg.stats_reblur,
+                            stats_denoise=cfg.stats_denoise,
                             **cfg.backbone_kwargs)
         if cfg.freeze or cfg.freeze_bn:
             backbone.freeze(cfg.freeze, cfg.freeze_bn)

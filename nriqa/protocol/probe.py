@@ -74,7 +74,8 @@ def part_features(cfg: RunConfig, parts: dict[str, pd.DataFrame], settings,
     m = cfg.model
     backbone = Backbone(m.backbone, weights=m.weights, img_size=m.img_size, readout=m.readout,
                         token_pool=m.token_pool, stats_stages=m.stats_stages,
-                        stats_reblur=m.stats_reblur, **m.backbone_kwargs)
+                        stats_reblur=m.stats_reblur, stats_denoise=m.stats_denoise,
+                        **m.backbone_kwargs)
     return {name: pooled_features(backbone, parts[name], cfg, settings) for name in names}
 
 

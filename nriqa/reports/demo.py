@@ -210,7 +210,9 @@ def _plan(cfg: RunConfig, parts: dict, settings) -> dict:
     """Epochs, steps per epoch and the rough time the plan announces."""
     n_train, n_select, n_test = (len(parts[k]) for k in ("train", "select", "test"))
     area = (cfg.data.crop_size / 224) ** 2
-    per_224 = SECONDS_PER_EVAL_CROP_224 + (SECONDS_PER_REBLUR_CROP_224 if cfg.model.stats_reblur else 0)
+    # each self-reference (re-blurred, median-filtered) is one more pass of every crop
+    passes = bool(cfg.model.stats_reblur) + bool(cfg.model.stats_denoise)
+    per_224 = SECONDS_PER_EVAL_CROP_224 + SECONDS_PER_REBLUR_CROP_224 * passes
     eval_cost = settings.test_patch_num * (SECONDS_PER_EVAL_CROP_FIXED + per_224 * area)
     epochs = cfg.optim.epochs
     if cfg.trainer.feature_cache:  # one backbone pass per image (probe and cache), the test again
