@@ -279,13 +279,19 @@ def test_backbones_can_be_built_under_no_grad_and_inference_mode():
         assert vit(torch.rand(1, 3, 32, 32))[0].shape == (1, 64)
 
 
-def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
+def _stats_pair(**self_references):
+    """A stats readout of the first 2 stages, the same network with ``self_references``, and a
+    batch of uint8 crops."""
     torch.manual_seed(0)
     plain = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2).eval()
-    reblur = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2,
-                      stats_reblur=1.5).eval()
-    reblur.net.load_state_dict(plain.net.state_dict())
-    x = (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+    other = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2,
+                     **self_references).eval()
+    other.net.load_state_dict(plain.net.state_dict())
+    return plain, other, (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+
+
+def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
+    plain, reblur, x = _stats_pair(stats_reblur=1.5)
     glob_plain, tokens_plain = plain.raw_features(x)
     glob, tokens = reblur.raw_features(x)
     n = glob_plain.shape[1]
@@ -336,12 +342,7 @@ def test_median3_removes_isolated_noise_and_keeps_edges():
 
 
 def test_stats_denoise_adds_the_median_filtered_crops_change():
-    torch.manual_seed(0)
-    plain = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2).eval()
-    both = Backbone("test_efficientnet", width=32, readout="stats", stats_stages=2,
-                    stats_reblur=1.0, stats_denoise=True).eval()
-    both.net.load_state_dict(plain.net.state_dict())
-    x = (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+    plain, both, x = _stats_pair(stats_reblur=1.0, stats_denoise=True)
     glob_plain, _ = plain.raw_features(x)
     glob, _ = both.raw_features(x)
     n = glob_plain.shape[1]
