@@ -11,7 +11,7 @@ from PIL import Image
 from nriqa.config import ModelConfig
 from nriqa.errors import ConfigError, WeightsError
 from nriqa.models import DEIQT, Backbone, PanelDecoder
-from nriqa.models.backbones import _channels, gaussian_blur, median3
+from nriqa.models.backbones import _channels, blur_rgb, gaussian_kernel, median3
 from nriqa.models.weights import apply_weights, create_net, read_state_dict
 
 TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -298,7 +298,7 @@ def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
     assert glob.shape[1] == 2 * n == reblur.proj_global.in_features
     assert torch.allclose(glob[:, :n], glob_plain, atol=1e-6) and torch.equal(tokens, tokens_plain)
     # the added half, by hand: the same statistics of the blurred crop, as differences and log-ratios
-    blurred = gaussian_blur(x.float() / 255, 1.5)
+    blurred = blur_rgb(x.float() / 255, gaussian_kernel(1.5))
     glob_blurred, _ = plain.raw_features(blurred)
     means, stds = [], []
     for i, c in enumerate((plain.stat_modules[0], plain.stat_modules[1])):
@@ -313,13 +313,13 @@ def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
         Backbone("test_efficientnet", stats_reblur=1.0)
 
 
-def test_gaussian_blur_keeps_flat_images_and_matches_a_separable_kernel():
+def test_gaussian_blur_rgb_keeps_flat_images_and_matches_a_separable_kernel():
     flat = torch.full((1, 3, 20, 20), 0.3)
-    assert torch.allclose(gaussian_blur(flat, 2.0), flat, atol=1e-6)
+    assert torch.allclose(blur_rgb(flat, gaussian_kernel(2.0)), flat, atol=1e-6)
     impulse = torch.zeros(1, 3, 21, 21)
     impulse[0, 1, 10, 10] = 1.0
-    out = gaussian_blur(impulse, 1.0)[0, 1]
-    assert float(gaussian_blur(impulse, 1.0)[0, 0].abs().max()) == 0.0  # channels kept apart
+    out = blur_rgb(impulse, gaussian_kernel(1.0))[0, 1]
+    assert float(blur_rgb(impulse, gaussian_kernel(1.0))[0, 0].abs().max()) == 0.0  # channels kept apart
     t = torch.arange(-3, 4, dtype=torch.float32)
     k = torch.exp(-0.5 * t**2)
     k = k / k.sum()

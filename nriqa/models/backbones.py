@@ -93,11 +93,6 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     return views.topk(5, dim=2).values[:, :, 4]
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x (B,3,H,W)`` blurred by a Gaussian of ``sigma`` pixels (:func:`gaussian_kernel`)."""
-    return blur_rgb(x, gaussian_kernel(sigma).to(x.device))
-
-
 def _channels(stage: nn.Module) -> int:
     """Output channels of a stage: those of its last convolution or norm with a channel count."""
     for m in reversed(list(stage.modules())):
@@ -164,6 +159,16 @@ class Backbone(nn.Module):
         std = LITE_STD if lite else cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, weights: str | None = None, width: int | None = None) -> Backbone:
+        """Build from a :class:`nriqa.config.ModelConfig`; ``weights`` overrides ``cfg.weights``
+        (the input normalisation still follows ``cfg.weights``); ``width``: the projection to the
+        decoder, None for none."""
+        return cls(cfg.backbone, weights=weights or cfg.weights, width=width, img_size=cfg.img_size,
+                   trained_with=cfg.weights, readout=cfg.readout, token_pool=cfg.token_pool,
+                   stats_stages=cfg.stats_stages, stats_reblur=cfg.stats_reblur,
+                   stats_denoise=cfg.stats_denoise, **cfg.backbone_kwargs)
 
     def _freeze_unused(self, img_size: int | None) -> None:
         """Freeze parameters that ``forward_features`` never uses (e.g. ConvNeXt's head norm when
@@ -235,11 +240,11 @@ class Backbone(nn.Module):
         means, stds, feats = self._stage_stats(x)
         # Per map: its channel means, then their standard deviations (the cached layout).
         parts = [t for pair in zip(means, stds) for t in pair]
-        references = []
+        unit, references = to_unit(x), []
         if self.stats_reblur:
-            references.append(blur_rgb(to_unit(x), self.reblur_kernel))
+            references.append(blur_rgb(unit, self.reblur_kernel))
         if self.stats_denoise:
-            references.append(median3(to_unit(x)))
+            references.append(median3(unit))
         for ref in references:
             r_means, r_stds, _ = self._stage_stats(ref)
             parts += [m - r for m, r in zip(means, r_means)]

@@ -24,11 +24,7 @@ class DEIQT(nn.Module):
     @classmethod
     def from_config(cls, cfg, weights: str | None = None) -> DEIQT:
         """Build from a :class:`nriqa.config.ModelConfig`; ``weights`` overrides ``cfg.weights``."""
-        backbone = Backbone(cfg.backbone, weights=weights or cfg.weights, width=cfg.width,
-                            img_size=cfg.img_size, trained_with=cfg.weights, readout=cfg.readout, token_pool=cfg.token_pool,
-                            stats_stages=cfg.stats_stages, stats_reblur=cfg.stats_reblur,
-                            stats_denoise=cfg.stats_denoise,
-                            **cfg.backbone_kwargs)
+        backbone = Backbone.from_config(cfg, weights, width=cfg.width)
         if cfg.freeze or cfg.freeze_bn:
             backbone.freeze(cfg.freeze, cfg.freeze_bn)
         decoder = PanelDecoder(cfg.width, cfg.heads, cfg.queries, cfg.ffn_ratio, cfg.dropout)

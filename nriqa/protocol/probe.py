@@ -71,11 +71,7 @@ def part_features(cfg: RunConfig, parts: dict[str, pd.DataFrame], settings,
                        cfg.data.num_workers, progress)
             out[name] = cache.load()[0].float().mean(1).numpy()
         return out
-    m = cfg.model
-    backbone = Backbone(m.backbone, weights=m.weights, img_size=m.img_size, readout=m.readout,
-                        token_pool=m.token_pool, stats_stages=m.stats_stages,
-                        stats_reblur=m.stats_reblur, stats_denoise=m.stats_denoise,
-                        **m.backbone_kwargs)
+    backbone = Backbone.from_config(cfg.model)
     return {name: pooled_features(backbone, parts[name], cfg, settings) for name in names}
 
 
