@@ -152,6 +152,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cache-dir", default=None,
                         help="feature cache (default: the demo's, under the nriqa cache)")
     args = parser.parse_args(argv)
+    from nriqa.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the nriqa command does
     import torch
 
     from nriqa.data.synthetic import build_embedded, cache_root

@@ -313,6 +313,22 @@ def test_stats_reblur_adds_how_the_statistics_change_when_the_crop_is_blurred():
         Backbone("test_efficientnet", stats_reblur=1.0)
 
 
+def test_self_reference_passes_stop_after_the_last_summarised_stage():
+    plain, both, x = _stats_pair(stats_reblur=1.0, stats_denoise=True)
+    later = both.net.blocks[len(both.stat_modules)]  # the first stage no statistics are read from
+    calls = []
+    handle = later.register_forward_hook(lambda *_: calls.append(1))
+    glob, _ = both.raw_features(x)
+    handle.remove()
+    assert len(calls) == 1  # the crop's own pass (its last map gives the tokens), not the others
+    assert not any(m._forward_hooks for m in both.stat_modules)  # none left, also after a stop
+    # the stopped passes give what whole ones give: the re-blurred statistics by hand
+    means, stds, _ = plain._stage_stats(blur_rgb(x.float() / 255, gaussian_kernel(1.0)))
+    n = glob.shape[1] // 3
+    c0 = _channels(plain.stat_modules[0])
+    assert torch.allclose(glob[:, n:n + c0], glob[:, :c0] - means[0], atol=1e-6)
+
+
 def test_gaussian_blur_rgb_keeps_flat_images_and_matches_a_separable_kernel():
     flat = torch.full((1, 3, 20, 20), 0.3)
     assert torch.allclose(blur_rgb(flat, gaussian_kernel(2.0)), flat, atol=1e-6)

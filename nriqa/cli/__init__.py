@@ -26,6 +26,7 @@ from nriqa.cli import (
     score,
     train,
 )
+from nriqa.allocator import retain_freed_memory
 from nriqa.errors import NriqaError
 
 #: verb -> module, in the order ``nriqa --help`` lists them
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # before torch allocates: CPU passes run ~3x faster (nriqa.allocator)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

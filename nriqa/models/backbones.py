@@ -103,6 +103,10 @@ def _channels(stage: nn.Module) -> int:
     raise ValueError(f"cannot tell the output channels of {type(stage).__name__}")
 
 
+class _EnoughStages(Exception):
+    """Raised by a forward hook to end a pass once the maps it needs are computed."""
+
+
 class Backbone(nn.Module):
     def __init__(self, name: str, weights: str = "none", width: int | None = None,
                  img_size: int | None = None, trained_with: str | None = None,
@@ -246,20 +250,29 @@ class Backbone(nn.Module):
         if self.stats_denoise:
             references.append(median3(unit))
         for ref in references:
-            r_means, r_stds, _ = self._stage_stats(ref)
+            r_means, r_stds, _ = self._stage_stats(ref, to_the_end=self.stats_last)
             parts += [m - r for m, r in zip(means, r_means)]
             parts += [torch.log((s + 1e-3) / (r + 1e-3)) for s, r in zip(stds, r_stds)]
         return torch.cat(parts, 1), self._tokens(feats)
 
-    def _stage_stats(self, x: torch.Tensor):
+    def _stage_stats(self, x: torch.Tensor, to_the_end: bool = True):
         """Each summarised map's channel means ``[(B,C_i)]`` and standard deviations
-        ``[(B,C_i)]``, and the last map."""
+        ``[(B,C_i)]``, and the last map (None when not ``to_the_end``: the pass stops after the
+        last summarised stage, which saves a self-reference about half the network)."""
         maps: list[torch.Tensor] = []
+
+        def keep(_m, _i, out):
+            maps.append(out)
+            if not to_the_end and len(maps) == len(self.stat_modules):
+                raise _EnoughStages
+
         # Hooks live for one call only: a deepcopy (EMA teacher) must not share them.
-        handles = [m.register_forward_hook(lambda _m, _i, out: maps.append(out))
-                   for m in self.stat_modules]
+        handles = [m.register_forward_hook(keep) for m in self.stat_modules]
+        feats = None
         try:
             feats = self.net.forward_features(self.normalise(x))
+        except _EnoughStages:
+            pass
         finally:
             for h in handles:
                 h.remove()
