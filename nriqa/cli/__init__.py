@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from nriqa.allocator import retain_freed_memory
 from nriqa.cli import (
     ablate,
     analyze,
@@ -26,7 +27,6 @@ from nriqa.cli import (
     score,
     train,
 )
-from nriqa.allocator import retain_freed_memory
 from nriqa.errors import NriqaError
 
 #: verb -> module, in the order ``nriqa --help`` lists them
