@@ -2,10 +2,11 @@
 
 The demo chooses its epoch on 2 validation photos (astronaut, china); as an estimate of held-out
 SRCC those 2 photos proved optimistic (0.86 on them, 0.55 on the 3 test photos). This script
-estimates it on all 8 photos outside the test part: 4 folds of 2 photos, each fold's model trained
-on the other 6 (as many as the demo trains on), and the out-of-fold predictions of all 8 photos
-pooled into one SRCC/PLCC, the way the demo's held-out metric pools its 3 test photos. Per
-candidate it prints and records:
+estimates it on all 8 colour photos outside the test part: 4 folds of 2 photos, each fold's model
+trained on the other 6 (as many as the demo trains on) and on the grayscale photos (training
+only, in the demo too), and the out-of-fold predictions of the 8 photos pooled into one
+SRCC/PLCC, the way the demo's held-out metric pools its 3 test photos. Per candidate it prints and
+records:
 
 - the decoder (the recipe, trained on cached frozen features): pooled out-of-fold SRCC/PLCC at
   every epoch, the last epoch's as the summary (no epoch is chosen by looking at a held-out fold),
@@ -17,7 +18,8 @@ candidate it prints and records:
 
 Each positional argument is one candidate: space-separated overrides on the ``demo`` recipe ("" is
 the recipe itself). ``--distortions`` picks the dataset (``artefacts``, the demo's, by default;
-``all``: 18 types). Results: ``results/demo_cv_<name>.{json,md}``. ``NRIQA_EMBEDDED_ROOT`` names an
+``all``: 18 types); ``--without-grayscale`` leaves the grayscale photos out (the dataset before
+they were added). Results: ``results/demo_cv_<name>.{json,md}``. ``NRIQA_EMBEDDED_ROOT`` names an
 already built dataset (and overrides ``--distortions``).
 """
 
@@ -47,12 +49,13 @@ def pooled(pred, label) -> dict:
 
 
 def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Path,
-                  distortions: str | None) -> dict:
+                  distortions: str | None, grayscale: bool = True) -> dict:
     import numpy as np
     import pandas as pd
     import torch
 
     from nriqa.config import load_config
+    from nriqa.data.synthetic import GRAYSCALE
     from nriqa.engine.data import resolve_data_settings
     from nriqa.engine.frozen import CachedHead, FeatureCache, _scores, train_head
     from nriqa.engine.train import split_parts
@@ -68,6 +71,8 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
     parts = split_parts(table, split_for(cfg, table, cfg.split.index), cfg.split.protocol)
     # Only the photos outside the test part; the test part is not read.
     pool = pd.concat([parts["train"], parts["select"]], ignore_index=True)
+    if not grayscale:
+        pool = pool[~pool["group"].isin(GRAYSCALE)].reset_index(drop=True)
     settings = resolve_data_settings(cfg)
     torch.manual_seed(cfg.trainer.seed)
     model = DEIQT.from_config(cfg.model)
@@ -84,7 +89,10 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
     epochs = cfg.optim.epochs
     oof = np.full((epochs, len(pool)), np.nan)
     probe_oof = np.full(len(pool), np.nan)
-    folds = photo_folds(list(np.unique(groups)), n_folds)
+    # The grayscale photos train only (the official split): never held out, in every fold's
+    # training part; the folds and the pooled metrics are over the colour photos.
+    held_out = ~np.isin(groups, list(GRAYSCALE))
+    folds = photo_folds(list(np.unique(groups[held_out])), n_folds)
     t0 = time.perf_counter()
     for held in folds:
         test = np.isin(groups, held)
@@ -101,7 +109,7 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
                    (*plain, labels[test]), callbacks=(OutOfFold(),))
         # The probe: ridge on each image's mean global feature over its plain views.
         feats = glob[:, :k].float().mean(1).numpy()
-        inner = photo_folds(sorted(set(groups[train])), 3)[0]
+        inner = photo_folds(sorted(set(groups[train & held_out])), 3)[0]
         fit_rows, sel_rows = train & ~np.isin(groups, inner), np.isin(groups, inner)
         _, alpha = fit_ridge(feats[fit_rows], labels.numpy()[fit_rows], feats[sel_rows],
                              labels.numpy()[sel_rows])
@@ -109,9 +117,11 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
                                labels.numpy()[train], alphas=(alpha,))
         probe_oof[test] = predict(feats[test])
     train_s = time.perf_counter() - t0
-    y = labels.numpy()
+    m = held_out
+    y, oof, probe_oof, groups, types = labels.numpy()[m], oof[:, m], probe_oof[m], groups[m], types[m]
     curve = [pooled(oof[e], y)["srcc"] for e in range(epochs)]
     return {"overrides": overrides, "folds": folds, "images": len(pool),
+            "training_only_photos": sorted(set(pool["group"]) & GRAYSCALE),
             "decoder_last": pooled(oof[-1], y), "decoder_srcc_per_epoch": curve,
             "decoder_best_epoch_srcc": max(curve),  # for reading only: chosen on the folds
             "per_photo_srcc_last": {p: pooled(oof[-1][groups == p], y[groups == p])["srcc"]
@@ -126,8 +136,9 @@ def run_candidate(overrides: list[str], root: Path, n_folds: int, cache_dir: Pat
 
 def write_table(rows: list[dict], path: Path, name: str) -> None:
     lines = [f"# Demo recipes, leave-photos-out CV ({name})", "",
-             "The 8 photos outside the embedded dataset's test part, 4 folds of 2 photos, each "
-             "model trained on the other 6; out-of-fold predictions pooled. Decoder: the recipe's "
+             "The 8 colour photos outside the embedded dataset's test part, 4 folds of 2 photos, "
+             "each model trained on the other 6 (and the grayscale photos, unless left out); "
+             "out-of-fold predictions pooled. Decoder: the recipe's "
              "last epoch. Probe: ridge on the same features, penalty chosen inside each fold. "
              "`python benchmarks/demo_cv.py` (this file's JSON has every number).", "",
              "| candidate | decoder SRCC | decoder PLCC | probe SRCC | probe PLCC | worst photo | "
@@ -149,6 +160,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--distortions", default="artefacts", choices=("artefacts", "all"),
                         help="the embedded dataset's distortion set (artefacts, the demo's; all); "
                              "NRIQA_EMBEDDED_ROOT, when set, names the dataset instead")
+    parser.add_argument("--without-grayscale", action="store_true",
+                        help="leave the grayscale photos (training only) out of every fold")
     parser.add_argument("--cache-dir", default=None,
                         help="feature cache (default: the demo's, under the nriqa cache)")
     args = parser.parse_args(argv)
@@ -168,7 +181,8 @@ def main(argv: list[str]) -> int:
     for candidate in args.candidates or [""]:
         distortions = None if given else args.distortions
         row = {"distortions": distortions,
-               **run_candidate(candidate.split(), root, args.folds, cache_dir, distortions)}
+               **run_candidate(candidate.split(), root, args.folds, cache_dir, distortions,
+                               grayscale=not args.without_grayscale)}
         print(json.dumps(row), flush=True)
         rows.append(row)
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -23,6 +23,8 @@ def test_tiny_demo_prints_plan_and_metrics_and_writes_every_picture(tmp_path, mo
     head = printed.split("probe: held-out")[0]
     for word in ("  data ", "  split ", "  model ", "  method ", "  probe ", "  time "):
         assert word in head, (word, printed)
+    # the dataset's official split: its test and validation photos, the rest trains
+    assert "validation 2 (astronaut, china), test 1 (flower)" in printed
     assert re.search(r"method\s+\d+ epoch\(s\) x \d+ steps of \d+", printed)
     assert re.search(r"trained model\s+SRCC -?\d\.\d{3}\s+PLCC -?\d\.\d{3}", printed)
     assert re.search(r"frozen probe\s+SRCC -?\d\.\d{3}\s+PLCC -?\d\.\d{3}", printed)

@@ -16,14 +16,21 @@ import pytest
 from PIL import Image
 
 from nriqa.data.datasets.embedded import load_embedded_table
+from nriqa.data.splits import make_split
 from nriqa.data.synthetic import (
+    COLOUR_ONLY,
     DISTORTIONS,
+    GRAYSCALE,
     KADID_MEANS,
     KADID_TYPES,
     LABEL_COLUMNS,
     REFERENCES,
+    TEST_PHOTOS,
+    VAL_PHOTOS,
+    applies,
     build_embedded,
     embedded_dir,
+    image_count,
     kadid_label,
     load_reference,
     severities,
@@ -109,9 +116,33 @@ def test_artefact_set_is_kadids_blur_noise_and_compression_categories():
 
 
 def test_references_are_every_bundled_photo_in_kadids_frame():
-    assert len(REFERENCES) >= 11
-    shapes = {n: load_reference(n, 48).shape for n in ("grace_hopper", "astronaut")}
-    assert shapes == {"grace_hopper": (64, 48, 3), "astronaut": (48, 64, 3)}
+    assert len(REFERENCES) >= 18 and set(REFERENCES) > GRAYSCALE
+    shapes = {n: load_reference(n, 48).shape for n in ("grace_hopper", "astronaut", "cell")}
+    assert shapes == {"grace_hopper": (64, 48, 3), "astronaut": (48, 64, 3), "cell": (64, 48, 3)}
+    gray = load_reference("camera", 48)  # grayscale photos as RGB with equal channels
+    assert gray.shape == (48, 64, 3) and (gray == gray[..., :1]).all() and gray.std() > 20
+
+
+def test_grayscale_photos_get_no_colour_only_distortion_and_the_split_is_official(tmp_path):
+    assert {"color_diffusion", "color_quantization", "color_saturation"} == COLOUR_ONLY
+    refs, dists = ["camera", "flower", "astronaut", "coffee"], ["white_noise", "color_saturation"]
+    root = build_embedded(tmp_path / "ds", size=48, levels=2, references=refs, distortions=dists)
+    labels = pd.read_csv(root / "labels.csv")
+    pairs = set(zip(labels["group"], labels["dist_type"]))
+    assert ("camera", "white_noise") in pairs and ("camera", "color_saturation") not in pairs
+    assert ("flower", "color_saturation") in pairs
+    assert len(labels) == image_count(dists, refs, levels=2) == (3 * 2 + 1) * 2
+    assert not applies("color_saturation", "camera") and applies("white_noise", "camera")
+    parts = dict(zip(labels["group"], labels["split"]))
+    assert parts == {"camera": "train", "flower": "test", "astronaut": "val", "coffee": "train"}
+    # the official split mode reads it: the test part is the test photo's, validation as listed
+    table = load_embedded_table(root)
+    split = make_split(table, mode="official")
+    assert set(table["group"].iloc[split.test]) == {"flower"}
+    assert set(table["group"].iloc[split.val]) == {"astronaut"}
+    assert set(table["group"].iloc[split.train]) == {"camera", "coffee"}
+    assert set(TEST_PHOTOS) | set(VAL_PHOTOS) <= set(REFERENCES) - GRAYSCALE
+    assert json.loads((root / "manifest.json").read_text())["grayscale"] == ["camera"]
 
 
 @pytest.mark.realdata
@@ -279,14 +310,14 @@ def test_concurrent_builds_agree(tmp_path):
 def test_default_location_and_options(tmp_path, monkeypatch):
     monkeypatch.setenv("NRIQA_CACHE", str(tmp_path / "cache"))
     code = S._code_hash()[:8]  # a new version of the generator builds beside an old one
-    assert embedded_dir() == tmp_path / "cache" / f"embedded-v2-s0-384-{code}"
-    assert embedded_dir(seed=2, size=96) == tmp_path / "cache" / f"embedded-v2-s2-96-{code}"
+    assert embedded_dir() == tmp_path / "cache" / f"embedded-v3-s0-384-{code}"
+    assert embedded_dir(seed=2, size=96) == tmp_path / "cache" / f"embedded-v3-s2-96-{code}"
     names = {
         embedded_dir(levels=3).name,
         embedded_dir(distortions=["jpeg"]).name,
         embedded_dir(references=["china", "flower"]).name,
     }
-    assert len(names) == 3 and all(n.startswith("embedded-v2-s0-384-") for n in names)
+    assert len(names) == 3 and all(n.startswith("embedded-v3-s0-384-") for n in names)
     root = build_embedded(seed=1, levels=2, **SMALL)
     assert root.parent == tmp_path / "cache"
     assert sorted(set(pd.read_csv(root / "labels.csv")["level"])) == [1, 5]
@@ -307,7 +338,8 @@ def test_load_embedded_table(tiny, labels):
     assert np.allclose(table["label"], labels["score"])
     assert np.allclose(table["score"], labels["score"])
     assert set(table["group"]) == set(TINY["references"])
-    assert (table["split"] == "").all()
+    assert dict(zip(table["group"], table["split"])) == {"astronaut": "val", "coffee": "train",
+                                                          "flower": "test"}
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in table["path"])
     assert all(Path(p).is_file() for p in table["ref_path"])
 

@@ -31,16 +31,18 @@ from nriqa.errors import ConfigError
 #: Rough costs on 2 otherwise idle CPU cores, only used for the time the plan announces: seconds
 #: per training crop (the last two stages trained; benchmarks/results/speed_cpu.md); per scored
 #: crop of tf_efficientnet_lite0, a fixed part (decoding, cropping, the call) and a part that grows
-#: with the crop's area (0.033 s at 224 px, 0.024 s at 128 px as `nriqa demo` measured 12 crops of
-#: 128 px, 0.28 s an image), and the re-blurred pass of ``model.stats_reblur`` (0.52 s an image
-#: with it, measured the same way); per decoder step on cached features of 3 crops an image (0.48 s
-#: at 12); and images per second for the dataset build.
+#: with the crop's area, and each self-reference pass of ``model.stats_reblur`` /
+#: ``model.stats_denoise`` (it stops after the summarised stages); per decoder step on cached
+#: features of 3 crops an image. Measured with the nriqa command's allocator setting
+#: (nriqa.allocator): `nriqa demo` cached 810 images of 12 crops of 128 px, with the re-blurred
+#: pass, at 0.118 s an image and trained 540 steps of 12 crops an image in 162 s;
+#: `benchmarks/demo_cv.py` put the median-filtered pass at 0.070 s an image more.
 SECONDS_PER_TRAIN_CROP = 0.035
-SECONDS_PER_EVAL_CROP_FIXED = 0.019
-SECONDS_PER_EVAL_CROP_224 = 0.014
-SECONDS_PER_REBLUR_CROP_224 = 0.060
-SECONDS_PER_HEAD_STEP = 0.12
-BUILD_IMAGES_PER_S = 15.0
+SECONDS_PER_EVAL_CROP_FIXED = 0.001
+SECONDS_PER_EVAL_CROP_224 = 0.009
+SECONDS_PER_REBLUR_CROP_224 = 0.018
+SECONDS_PER_HEAD_STEP = 0.075
+BUILD_IMAGES_PER_S = 40.0  # 810 images in 17 s, 2 workers
 
 #: ``--quick``: a 2 x 2 grid of crops instead of 4 x 3 (a third of the backbone's work) and 12
 #: epochs; lower scores.
@@ -109,14 +111,16 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     data_opts = TINY_DATA if tiny else {"distortions": synthetic.DISTORTION_SETS[distortions]}
     root = synthetic.embedded_dir(**data_opts)
     cached = synthetic.is_built(root, **data_opts)
-    n_refs = len(data_opts.get("references") or synthetic.REFERENCES)
+    photos = list(data_opts.get("references") or synthetic.REFERENCES)
+    n_gray = len(synthetic.GRAYSCALE.intersection(photos))
     n_dists = len(data_opts["distortions"])
-    n_images = n_refs * n_dists * synthetic.N_LEVELS
+    n_images = synthetic.image_count(data_opts["distortions"], data_opts.get("references"))
 
     which = "" if tiny or distortions == "all" else " (its blur, noise and compression types)"
-    _say(f"  data    embedded dataset: {n_refs} bundled photos x {n_dists} KADID-10k distortions"
-         f"{which} x {synthetic.N_LEVELS} levels = {n_images} images, labelled with KADID-10k's "
-         "mean human score per distortion and level")
+    gray = f" ({n_gray} grayscale)" if n_gray else ""
+    _say(f"  data    embedded dataset: {len(photos)} bundled photos{gray} x {n_dists} KADID-10k "
+         f"distortions{which} x {synthetic.N_LEVELS} levels = {n_images} images, labelled with "
+         "KADID-10k's mean human score per distortion and level")
     _say(f"          {'found in the cache' if cached else 'building it now (first run only, about '}"
          f"{'' if cached else _duration(n_images / BUILD_IMAGES_PER_S) + ')'}: {root}")
     t = time.perf_counter()
@@ -136,7 +140,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     settings = resolve_data_settings(cfg)
     plan = _plan(cfg, parts, settings)
     refs = {k: sorted(v["group"].unique()) for k, v in parts.items()}
-    _say(f"  split   by photo: train {len(refs['train'])} photos ({len(parts['train'])} images), "
+    how = "official" if cfg.split.mode == "official" else f"seed {cfg.split.seed}"
+    _say(f"  split   by photo ({how}): train {len(refs['train'])} photos ({len(parts['train'])} images), "
          f"validation {len(refs['select'])} ({', '.join(refs['select'])}), "
          f"test {len(refs['test'])} ({', '.join(refs['test'])})")
     weights = "random init" if cfg.model.weights == "none" else f"{cfg.model.weights} ImageNet weights"

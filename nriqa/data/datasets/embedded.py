@@ -19,8 +19,9 @@ from nriqa.errors import ConfigError, DataError
 
 def read_embedded(root, label_file, *, scale: Scale, problems=None,
                   distortions: str | None = None) -> pd.DataFrame:
-    """The embedded synthetic dataset's ``labels.csv`` (``path,score,group,dist_type,level[,ref_path]``;
-    score = KADID-calibrated quality in [0, 1], higher is better).
+    """The embedded synthetic dataset's ``labels.csv`` (``path,score,group,dist_type,level,ref_path,
+    split``; score = KADID-calibrated quality in [0, 1], higher is better; split: the official
+    part of the image's photo, :func:`nriqa.data.synthetic.official_part`).
 
     ``distortions`` (loader option): a set of :data:`nriqa.data.synthetic.DISTORTION_SETS`
     (``artefacts``: KADID's blur, noise and compression types; ``all``). Without a root the set
@@ -28,7 +29,9 @@ def read_embedded(root, label_file, *, scale: Scale, problems=None,
     """
     header, _ = read_csv_rows(label_path(root, label_file), [])
     extras = [c for c in ("dist_type", "level", "ref_path") if c in header]
+    # the official split by photo (format 3 on; older builds have none)
     table = read_generic_csv(root, label_file, scale=scale, problems=problems, group_column="group",
+                             split_column="split" if "split" in header else None,
                              extra_columns=extras)
     if "level" in table and len(table):
         table["level"] = pd.to_numeric(table["level"], errors="coerce")
@@ -75,7 +78,8 @@ def _build(distortions: str | None = None) -> Path:
 
 SPEC = DatasetSpec(
     name="embedded", title="nriqa's embedded synthetic dataset (built on first use)",
-    kind="synthetic", scale=Scale(0.0, 1.0), n_images=None, n_groups=None, official_split=(),
+    kind="synthetic", scale=Scale(0.0, 1.0), n_images=None, n_groups=None,
+    official_split=("train", "val", "test"),
     layouts={"embedded": Layout(read_embedded, ("labels.csv",))},
     citation="nriqa: KADID-10k's distortions of photos bundled in installed packages, labelled "
              "with KADID-10k's mean human score per distortion type and level.",
@@ -89,8 +93,9 @@ def load_embedded_table(root: str | Path | None = None, seed: int = 0, **build) 
     ``root`` is a built dataset; by default the dataset for ``seed`` is built (or found in the
     cache) with :func:`nriqa.data.synthetic.build_embedded` and any extra ``build`` keyword
     arguments. Labels are the KADID-calibrated scores on the scale ``Scale(0, 1, True)``;
-    ``group`` is the reference name; ``split`` is "" (the dataset has no official split). Extra
-    columns: ``dist_type``, ``level``, ``ref_path`` (absolute).
+    ``group`` is the reference name; ``split`` the official part of its photo (``split.mode=
+    official``: the demo's test and validation photos). Extra columns: ``dist_type``, ``level``,
+    ``ref_path`` (absolute).
     """
     if root is None:
         from nriqa.data import synthetic  # noqa: PLC0415 - start-up time, see _set_types

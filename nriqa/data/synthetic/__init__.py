@@ -2,16 +2,20 @@
 
 ``nriqa train`` with no dataset named trains on this dataset (all 18 types); ``nriqa demo`` on its
 ``artefacts`` set, KADID's 9 blur, noise and compression types (:data:`DISTORTION_SETS`). It needs no
-download: it is generated on the user's machine from natural colour photos that ship inside the
+download: it is generated on the user's machine from natural photos that ship inside the
 scikit-image, scikit-learn and matplotlib wheels, and labelled with human opinion measured on
 KADID-10k (Lin, Hosu and Saupe, QoMEX 2019). Design, grounding and limits: docs/embedded_dataset.md.
 
 References (content groups, :data:`REFERENCES`)
-    Every natural colour photo those wheels bundle: scikit-image's ``astronaut``, ``coffee``,
+    Every natural photo those wheels bundle: scikit-image's ``astronaut``, ``coffee``,
     ``chelsea`` (a cat), ``rocket``, ``motorcycle`` (the left view of ``stereo_motorcycle``),
     ``immunohistochemistry`` (a stained micrograph), ``retina`` (the central square of the fundus
     photo) and ``hubble_deep_field``; scikit-learn's ``china`` and ``flower``; matplotlib's
-    ``grace_hopper``. Each is scaled (PIL bicubic) to cover KADID's 4:3 frame and centre-cropped
+    ``grace_hopper``; and scikit-image's grayscale photos (:data:`GRAYSCALE`: ``camera``,
+    ``moon``, ``coins``, ``cell``, ``brick``, ``grass``, ``gravel``), which are not given KADID's
+    colour-only distortions (:data:`COLOUR_ONLY`). The official split (``split`` column,
+    :func:`official_part`) holds out the test photos ``flower``, ``hubble_deep_field`` and
+    ``immunohistochemistry`` and the validation photos ``astronaut`` and ``china``. Each is scaled (PIL bicubic) to cover KADID's 4:3 frame and centre-cropped
     to it: ``size`` x 4/3 ``size`` pixels (default 384 x 512, KADID's size), in its own
     orientation. A reference that an installed version no longer bundles is skipped with a
     warning; the manifest records which references were used.
@@ -41,7 +45,7 @@ Layout of a built dataset (``build_embedded``)::
 
     <root>/refs/<ref>.png                       the references in KADID's frame
     <root>/images/<ref>_<dist>_<level>.png      the distorted images
-    <root>/labels.csv                           path,score,group,dist_type,level,ref_path
+    <root>/labels.csv                           path,score,group,dist_type,level,ref_path,split
     <root>/manifest.json                        parameters, references, versions, hashes
 
 ``path`` and ``ref_path`` are relative to the root; ``group`` is the reference name. The build
@@ -61,9 +65,11 @@ other dataset's: ``load_labels("embedded", root)`` (:mod:`nriqa.data.datasets.em
 from nriqa.data.synthetic.build import (
     FORMAT_VERSION,
     LABEL_COLUMNS,
+    applies,
     build_embedded,
     cache_root,
     embedded_dir,
+    image_count,
     is_built,
     severities,
 )
@@ -77,6 +83,7 @@ from nriqa.data.synthetic.calibration import (
 )
 from nriqa.data.synthetic.distortions import (
     ARTEFACT_CATEGORIES,
+    COLOUR_ONLY,
     DISTORTION_SETS,
     DISTORTIONS,
     KADID_TYPES,
@@ -86,13 +93,18 @@ from nriqa.data.synthetic.distortions import (
 )
 from nriqa.data.synthetic.references import (
     DEFAULT_SIZE,
+    GRAYSCALE,
     REFERENCES,
+    TEST_PHOTOS,
+    VAL_PHOTOS,
     load_reference,
+    official_part,
     reference_shape,
 )
 
 __all__ = [
-    "ARTEFACT_CATEGORIES", "DEFAULT_SIZE", "DISTORTIONS", "DISTORTION_SETS", "FORMAT_VERSION",
+    "ARTEFACT_CATEGORIES", "COLOUR_ONLY", "GRAYSCALE", "TEST_PHOTOS", "VAL_PHOTOS", "applies",
+    "image_count", "official_part", "DEFAULT_SIZE", "DISTORTIONS", "DISTORTION_SETS", "FORMAT_VERSION",
     "KADID_CATEGORIES", "KADID_MEANS", "KADID_SCALE", "KADID_TYPES",
     "KADID_TYPE_NAMES", "LABEL_COLUMNS", "LABEL_SCALE", "N_LEVELS", "REFERENCES", "KadidType",
     "build_embedded", "cache_root", "embedded_dir", "is_built", "kadid_label", "load_reference",

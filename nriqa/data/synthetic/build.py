@@ -28,17 +28,24 @@ from PIL import Image
 
 from nriqa.data.synthetic.calibration import N_LEVELS
 from nriqa.data.synthetic.distortions import (
+    COLOUR_ONLY,
     DISTORTIONS,
     KADID_TYPES,
     kadid_label,
     resolve_distortions,
 )
-from nriqa.data.synthetic.references import DEFAULT_SIZE, REFERENCES, load_reference
+from nriqa.data.synthetic.references import (
+    DEFAULT_SIZE,
+    GRAYSCALE,
+    REFERENCES,
+    load_reference,
+    official_part,
+)
 from nriqa.errors import ConfigError, DataError
 from nriqa.io import sha256_file
 
-FORMAT_VERSION = 2
-LABEL_COLUMNS = ("path", "score", "group", "dist_type", "level", "ref_path")
+FORMAT_VERSION = 3  # 3: the split column, grayscale photos
+LABEL_COLUMNS = ("path", "score", "group", "dist_type", "level", "ref_path", "split")
 
 
 def severities(levels: int = N_LEVELS) -> list[int]:
@@ -65,6 +72,18 @@ def _resolve_names(names, table: dict, what: str) -> list[str]:
     if not names:
         raise ConfigError(f"no {what} selected")
     return names
+
+
+def applies(distortion: str, reference: str) -> bool:
+    """False for a colour-only distortion of a grayscale photo (it would not change it)."""
+    return not (reference in GRAYSCALE and distortion in COLOUR_ONLY)
+
+
+def image_count(distortions=None, references=None, levels: int = N_LEVELS) -> int:
+    """How many distorted images a build with these parameters holds (references aside)."""
+    dists = _distortion_names(distortions)
+    refs = _resolve_names(references, REFERENCES, "reference(s)")
+    return len(severities(levels)) * sum(applies(d, r) for r in refs for d in dists)
 
 
 def _distortion_names(distortions) -> list[str]:
@@ -171,7 +190,7 @@ def _distort_one(tmp: Path, seed: int, ref: str, reference: np.ndarray, dist: st
         path = f"images/{ref}_{dist}_{level}.png"
         _save_png(out, tmp / path)
         rows.append((path, f"{kadid_label(dist, level):.6f}", ref, dist, level,
-                     f"refs/{ref}.png"))
+                     f"refs/{ref}.png", official_part(ref)))
     return rows
 
 
@@ -197,7 +216,7 @@ def _write_dataset(tmp: Path, seed, size, sev, dists, refs, workers: int) -> Non
                 continue
             _save_png(reference, tmp / f"refs/{ref}.png")
             used.append({"name": ref, "height": reference.shape[0], "width": reference.shape[1]})
-            tasks += [(ref, reference, dist) for dist in dists]
+            tasks += [(ref, reference, dist) for dist in dists if applies(dist, ref)]
         results = pool.map(lambda t: _distort_one(tmp, seed, *t, sev), tasks)
         rows = [row for rows in results for row in rows]  # in task order, whatever the timing
     if len(used) < 2:
@@ -215,6 +234,9 @@ def _write_dataset(tmp: Path, seed, size, sev, dists, refs, workers: int) -> Non
         "label": "KADID-10k mean score of the distortion type at the level, (mean - 1) / 4, "
         "higher = better",
         "kadid_types": {d: KADID_TYPES[d].kadid_type for d in dists},
+        "grayscale": sorted(GRAYSCALE & {u["name"] for u in used}),
+        "colour_only_types": sorted(COLOUR_ONLY & set(dists)),
+        "split": {u["name"]: official_part(u["name"]) for u in used},
         "labels_sha256": sha256_file(tmp / "labels.csv"),
         "versions": {
             "numpy": np.__version__,

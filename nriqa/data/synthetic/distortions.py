@@ -306,6 +306,10 @@ def _in_categories(categories) -> list[str]:
     return [name for name, t in KADID_TYPES.items() if t.kadid_type in types]
 
 
+#: KADID's colour types: they change only the colours, so a grayscale photo is not given them.
+COLOUR_ONLY = frozenset(_in_categories(("color",)))
+
+
 #: Named sets of distortions, for ``build_embedded(distortions=<name>)`` and ``nriqa demo``:
 #: ``artefacts`` (the 9 of KADID's blur, noise and compression categories; the demo's default)
 #: and ``all`` (the 18 types).

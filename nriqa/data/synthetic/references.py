@@ -1,5 +1,6 @@
-"""The embedded dataset's references: every natural colour photo the scikit-image, scikit-learn
-and matplotlib wheels bundle, scaled and centre-cropped to KADID-10k's 4:3 frame."""
+"""The embedded dataset's references: every natural photo the scikit-image, scikit-learn and
+matplotlib wheels bundle, scaled and centre-cropped to KADID-10k's 4:3 frame, and the dataset's
+official split by photo."""
 
 from __future__ import annotations
 
@@ -51,9 +52,11 @@ def _matplotlib(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
-#: name -> loader of a natural colour photo bundled in an installed wheel (uint8 HxWx3): every one
-#: that scikit-image 0.26, scikit-learn 1.9 and matplotlib 3.11 ship (``chelsea`` is also
-#: scikit-image's ``cat``; the data needing a download, grayscale and drawn images are left out).
+#: name -> loader of a natural photo bundled in an installed wheel (uint8 HxWx3, or HxW for the
+#: grayscale ones): every one that scikit-image 0.26, scikit-learn 1.9 and matplotlib 3.11 ship
+#: (``chelsea`` is also scikit-image's ``cat``). Left out: data needing a download, drawn or
+#: synthetic images, photos already blurred (``clock``), and those under 300 px (``page``,
+#: ``text``, ``microaneurysms``), which the frame would have to blow up.
 REFERENCES: dict[str, Callable[[], np.ndarray]] = {
     "astronaut": _skimage("astronaut"),
     "coffee": _skimage("coffee"),
@@ -66,7 +69,31 @@ REFERENCES: dict[str, Callable[[], np.ndarray]] = {
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
     "grace_hopper": _matplotlib("grace_hopper.jpg"),
+    # grayscale photos: they get the distortions that do not only re-colour (GRAYSCALE)
+    "camera": _skimage("camera"),
+    "moon": _skimage("moon"),
+    "coins": _skimage("coins"),
+    "cell": _skimage("cell"),
+    "brick": _skimage("brick"),
+    "grass": _skimage("grass"),
+    "gravel": _skimage("gravel"),
 }
+
+#: The grayscale photos of :data:`REFERENCES` (stored as RGB with three equal channels). KADID's
+#: colour distortions would leave them unchanged, so they are not applied to them.
+GRAYSCALE = frozenset({"camera", "moon", "coins", "cell", "brick", "grass", "gravel"})
+
+#: The embedded dataset's official split by photo (its ``split`` column): the test and validation
+#: photos that ``split.seed=0`` drew from the 11 colour photos when the dataset had no others, kept
+#: so that the photos every reported held-out number was measured on stay held out; every other
+#: photo, the grayscale ones included, is for training.
+TEST_PHOTOS = ("flower", "hubble_deep_field", "immunohistochemistry")
+VAL_PHOTOS = ("astronaut", "china")
+
+
+def official_part(name: str) -> str:
+    """``train``, ``val`` or ``test``: the part of the official split photo ``name`` is in."""
+    return "test" if name in TEST_PHOTOS else "val" if name in VAL_PHOTOS else "train"
 
 
 def reference_shape(height: int, width: int, size: int) -> tuple[int, int]:
