@@ -15,8 +15,8 @@ References (content groups, :data:`REFERENCES`)
     ``moon``, ``coins``, ``cell``, ``brick``, ``grass``, ``gravel``), which are not given KADID's
     colour-only distortions (:data:`COLOUR_ONLY`). The official split (``split`` column,
     :func:`official_part`) holds out the test photos ``flower``, ``hubble_deep_field`` and
-    ``immunohistochemistry`` and the validation photos ``astronaut`` and ``china``. Each is scaled (PIL bicubic) to cover KADID's 4:3 frame and centre-cropped
-    to it: ``size`` x 4/3 ``size`` pixels (default 384 x 512, KADID's size), in its own
+    ``immunohistochemistry`` and the validation photos ``astronaut`` and ``china``. Each photo is
+    scaled (PIL bicubic) to cover KADID's 4:3 frame and centre-cropped to it: ``size`` x 4/3 ``size`` pixels (default 384 x 512, KADID's size), in its own
     orientation. A reference that an installed version no longer bundles is skipped with a
     warning; the manifest records which references were used.
 

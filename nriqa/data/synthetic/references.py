@@ -69,19 +69,13 @@ REFERENCES: dict[str, Callable[[], np.ndarray]] = {
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
     "grace_hopper": _matplotlib("grace_hopper.jpg"),
-    # grayscale photos: they get the distortions that do not only re-colour (GRAYSCALE)
-    "camera": _skimage("camera"),
-    "moon": _skimage("moon"),
-    "coins": _skimage("coins"),
-    "cell": _skimage("cell"),
-    "brick": _skimage("brick"),
-    "grass": _skimage("grass"),
-    "gravel": _skimage("gravel"),
 }
 
-#: The grayscale photos of :data:`REFERENCES` (stored as RGB with three equal channels). KADID's
-#: colour distortions would leave them unchanged, so they are not applied to them.
-GRAYSCALE = frozenset({"camera", "moon", "coins", "cell", "brick", "grass", "gravel"})
+#: The grayscale photos (scikit-image's; stored as RGB with three equal channels). KADID's colour
+#: distortions would leave them unchanged, so they are not applied to them.
+_GRAYSCALE_PHOTOS = ("camera", "moon", "coins", "cell", "brick", "grass", "gravel")
+GRAYSCALE = frozenset(_GRAYSCALE_PHOTOS)
+REFERENCES |= {name: _skimage(name) for name in _GRAYSCALE_PHOTOS}
 
 #: The embedded dataset's official split by photo (its ``split`` column): the test and validation
 #: photos that ``split.seed=0`` drew from the 11 colour photos when the dataset had no others, kept
